@@ -1,0 +1,111 @@
+"""The full-canvas cache (K/V per layer, plus optional feature buffers) and the RowPlan protocol.
+
+A RefreshPolicy turns its state into a RowPlan each step; the model asks the plan, layer by layer,
+which rows to recompute. Which rows to pick is policy business and lives in policies/refresh.py.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from unmask.models.layers import Block
+
+
+class Cache:
+    """Buffers as long as the whole canvas, written by row index.
+
+    k, v:      [n_layers, B, Hkv, T, Dh]  post-RoPE keys and values of every canvas row
+    attn, mlp: [n_layers, B, T, D]        residual contributions, allocated on first use
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        B: int,
+        n_kv_heads: int,
+        T: int,
+        head_dim: int,
+        d_model: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
+        self.k = torch.zeros(n_layers, B, n_kv_heads, T, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.attn: Tensor | None = None
+        self.mlp: Tensor | None = None
+        self.shape_features = (n_layers, B, T, d_model)
+        self.warm = False  # every row of every layer has been written at least once
+
+    def write_kv(self, layer: int, rows: Tensor, k: Tensor, v: Tensor) -> None:
+        """k, v [B, Hkv, N, Dh] for canvas rows [B, N]."""
+        idx = rows[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        self.k[layer].scatter_(2, idx, k)
+        self.v[layer].scatter_(2, idx, v)
+
+    def write_features(self, layer: int, rows: Tensor | None, attn: Tensor, mlp: Tensor) -> None:
+        """attn, mlp [B, N, D] for rows [B, N] (None: every row)."""
+        if self.attn is None:
+            self.attn = torch.zeros(self.shape_features, dtype=attn.dtype, device=attn.device)
+            self.mlp = torch.zeros_like(self.attn)
+        if rows is None:
+            self.attn[layer].copy_(attn)
+            self.mlp[layer].copy_(mlp)
+            return
+        idx = rows[:, :, None].expand(-1, -1, attn.shape[-1])
+        self.attn[layer].scatter_(1, idx, attn)
+        self.mlp[layer].scatter_(1, idx, mlp)
+
+
+class LayerProbe:
+    """What a plan may look at before choosing a layer's rows: the layer input and lazily derived
+    views of it (normalised input, V of every row). Anything computed here is reused by the layer."""
+
+    def __init__(
+        self, layer: int, x: Tensor, block: Block, rope: tuple[Tensor, Tensor], cache: Cache
+    ):
+        self.layer = layer
+        self.x = x  # [B, T, D] residual stream entering the layer
+        self.block = block
+        self.rope = rope
+        self.cache = cache
+        self._values: Tensor | None = None
+
+    @cached_property
+    def normed(self) -> Tensor:
+        return self.block.attn_norm(self.x)  # [B, T, D]
+
+    def values(self) -> Tensor:
+        """V of every row [B, Hkv, T, Dh] (the dLLM-Cache similarity signal)."""
+        if self._values is None:
+            self._values = self.block.values(self.normed)
+        return self._values
+
+    def kv(self) -> tuple[Tensor, Tensor]:
+        return self.block.keys(self.normed, self.rope), self.values()
+
+    def kv_rows(
+        self, rows: Tensor, normed: Tensor, rope: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        if self._values is None:
+            return self.block.kv(normed, rope)
+        k = self.block.keys(normed, rope)
+        idx = rows[:, None, :, None].expand(-1, self._values.shape[1], -1, self._values.shape[3])
+        return k, self._values.gather(2, idx)
+
+
+class RowPlan(Protocol):
+    """Which canvas rows each layer recomputes at this step."""
+
+    def fixed_rows(self) -> Tensor | None:
+        """[B, N] if every layer recomputes the same rows (the forward then carries only those);
+        None if rows differ per layer, in which case `rows` is asked at every layer."""
+        ...
+
+    def rows(self, layer: int, probe: LayerProbe) -> Tensor | None:
+        """[B, N] rows for this layer, or None for every row."""
+        ...

@@ -1,0 +1,325 @@
+"""The one decoding loop. `stream_generate` yields a StepEvent per step; `generate` drains it.
+Policies decide (policies/); the model computes (models/); this file only runs the phases.
+
+Dimension letters used across the package: B batch, T canvas (prompt + generated), L block,
+N rows computed, M rows a decision needs, V vocab, D model width, H heads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from unmask.cache import Cache
+from unmask.models.load import Loaded
+from unmask.policies.blocks import Block
+from unmask.policies.refresh import FixedPlan, FullLayeredPlan
+from unmask.policies.unmasking import top_k_mask
+from unmask.recipe import Recipe
+
+DEFAULT_GEN_LEN = 64
+DEFAULT_BLOCK_LEN = 32
+
+
+@dataclass
+class StepContext:
+    """What policies see of a request before each step (shared, read-only to them)."""
+
+    canvas: Tensor  # [B, T] token ids; the generated region starts at gen_start
+    gen_start: int
+    gen_len: int
+    block_len: int  # the request's default block length
+    prompt_lens: Tensor  # [B]
+    n_layers: int
+    mask_id: int
+    temperature: float
+    generator: torch.Generator
+    step: int = 0
+    nfe: int = 0
+    block: Block | None = None
+    step_in_block: int = 0
+    block_masked_at_start: Tensor | None = None  # [B] masked positions when the block began
+
+    @property
+    def batch(self) -> int:
+        return self.canvas.shape[0]
+
+    @property
+    def masked(self) -> Tensor:
+        return self.canvas == self.mask_id  # [B, T]
+
+    def cols(self, block: Block) -> slice:
+        return slice(self.gen_start + block.start, self.gen_start + block.end)
+
+
+@dataclass
+class Metrics:
+    """Per sample. `rows` counts (position x layer) cells recomputed, a machine-free cost."""
+
+    nfe: int
+    rows: int
+    n_layers: int
+    prompt_tokens: int
+    answer_tokens: int  # up to and including the first EOS/EOT
+    all_tokens: int  # every generated position
+    wall_s: float
+
+    @property
+    def ar_floor(self) -> int:
+        """Cells an autoregressive model with a KV cache computes for the same text."""
+        return (self.prompt_tokens + self.answer_tokens) * self.n_layers
+
+    @property
+    def rows_over_ar_floor(self) -> float:
+        return self.rows / self.ar_floor
+
+    @property
+    def answer_tokens_per_s(self) -> float:
+        return self.answer_tokens / self.wall_s if self.wall_s > 0 else float("inf")
+
+    @property
+    def all_tokens_per_s(self) -> float:
+        return self.all_tokens / self.wall_s if self.wall_s > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("ar_floor", "rows_over_ar_floor", "answer_tokens_per_s", "all_tokens_per_s"):
+            d[k] = getattr(self, k)
+        return d
+
+
+@dataclass
+class Output:
+    text: str
+    ids: list[int]  # the whole generated region
+    metrics: Metrics
+
+
+@dataclass
+class StepEvent:
+    """One denoising step, as every consumer (CLI, server, bench, plots) sees it."""
+
+    step: int
+    block: Block
+    step_in_block: int
+    masked: Tensor  # [B, L] block positions still masked before this step
+    reveal: Tensor  # [B, L] revealed at this step
+    cand: Tensor  # [B, L] candidate ids
+    conf: Tensor  # [B, L] confidence of the candidates
+    nfe: int  # forward passes so far in this request
+    rows: Tensor  # [B, n_layers] cells recomputed at this step
+    elapsed_s: float
+    info: dict[str, Any] = field(default_factory=dict)  # values policies chose (B_t, tau_t, ...)
+    outputs: list[Output] | None = None  # set on the last event
+
+    @property
+    def done(self) -> bool:
+        return self.outputs is not None
+
+
+def encode_prompts(lm: Loaded, prompts: list[str], chat: bool) -> list[list[int]]:
+    out = []
+    for p in prompts:
+        if not p.strip():
+            raise ValueError("empty prompt")
+        text = lm.tokenizer.apply_chat_template([{"role": "user", "content": p}]) if chat else p
+        out.append(lm.tokenizer.encode(text))
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def stream_generate(
+    lm: Loaded,
+    prompts: str | list[str],
+    recipe: Recipe,
+    *,
+    gen_len: int | None = None,
+    block_len: int | None = None,
+    chat: bool = True,
+    stop: list[str] | None = None,
+) -> Iterator[StepEvent]:
+    """Decode `prompts` (one batch, left-padded so the generated regions align)."""
+    model, a = lm.model, lm.args
+    device = next(model.parameters()).device
+    recipe = recipe.fresh()
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    G = recipe.gen_len or gen_len or DEFAULT_GEN_LEN
+    if G <= 0:
+        raise ValueError(f"gen_len must be > 0, got {G}")
+    ids = encode_prompts(lm, prompts, chat)
+    B, P = len(ids), max(len(i) for i in ids)
+    T = P + G
+    if T > a.max_seq_len:
+        raise ValueError(f"prompt ({P}) + gen_len ({G}) = {T} exceeds the model's {a.max_seq_len}")
+
+    _sync(device)
+    t0 = time.perf_counter()
+    lens = torch.tensor([len(i) for i in ids], device=device)
+    canvas = torch.full((B, T), a.eos_id, dtype=torch.long, device=device)  # [B, T]
+    for b, row in enumerate(ids):
+        canvas[b, P - len(row) : P] = torch.tensor(row, device=device)
+    canvas[:, P:] = a.mask_id
+    pad = P - lens  # [B]
+    col = torch.arange(T, device=device)
+    pos = (col - pad[:, None]).clamp(min=0)  # [B, T] each row's own positions, as if unpadded
+    key_mask = (col >= pad[:, None]) if bool((pad > 0).any()) else None  # [B, T]
+    cache = Cache(
+        a.n_layers,
+        B,
+        a.n_kv_heads,
+        T,
+        a.head_dim,
+        a.d_model,
+        next(model.parameters()).dtype,
+        device,
+    )
+    ctx = StepContext(
+        canvas=canvas,
+        gen_start=P,
+        gen_len=G,
+        block_len=block_len or DEFAULT_BLOCK_LEN,
+        prompt_lens=lens,
+        n_layers=a.n_layers,
+        mask_id=a.mask_id,
+        temperature=recipe.temperature,
+        generator=torch.Generator().manual_seed(recipe.seed),
+    )
+    for p in recipe.policies:
+        p.reset(ctx)
+    nfe = torch.zeros(B, dtype=torch.long)
+    rows = torch.zeros(B, dtype=torch.long)
+    shift = 1 if a.logit_shift else 0
+
+    while True:
+        alive = ctx.masked[:, P:].any(-1).cpu()  # [B] rows still decoding
+        # 1) block: open the next one once the current block has no masks left
+        if ctx.block is None or not bool(ctx.masked[:, ctx.cols(ctx.block)].any()):
+            start = 0 if ctx.block is None else ctx.block.end
+            ctx.block = recipe.blocks.next_block(start, ctx)
+            ctx.step_in_block = 0
+            ctx.block_masked_at_start = ctx.masked[:, ctx.cols(ctx.block)].sum(-1)
+        block = ctx.block
+        cols = ctx.cols(block)
+        # 2) plan: a cold cache is filled by a full pass whatever the policy
+        if cache.warm:
+            plan = recipe.refresh.plan(ctx)
+        elif recipe.refresh.features:
+            plan = FullLayeredPlan()
+        else:
+            plan = FixedPlan(torch.ones_like(canvas, dtype=torch.bool))
+        # 3) forward: hidden states of the decision rows only (Dream reads position p at p-1)
+        out_rows = torch.arange(cols.start - shift, cols.stop - shift, device=device).expand(B, -1)
+        hidden, step_rows = model.run(canvas, pos, key_mask, plan, cache, out_rows)
+        cache.warm = True
+        ctx.nfe += 1
+        logits = model.compute_logits(hidden)  # [B, L, V]
+        # 4) score
+        cand, conf = recipe.scorer.score(logits, ctx)  # [B, L]
+        # 5) unmask: the rule proposes, the engine enforces masked-only and >= 1 per live row
+        masked_blk = canvas[:, cols] == a.mask_id  # [B, L]
+        reveal = recipe.unmask.select(conf, masked_blk, ctx) & masked_blk
+        starved = masked_blk.any(-1) & ~reveal.any(-1)
+        if bool(starved.any()):
+            reveal |= top_k_mask(conf, masked_blk, starved.long())
+        canvas[:, cols] = torch.where(reveal, cand, canvas[:, cols])
+        nfe += alive.long()
+        rows += alive.long() * step_rows.sum(-1).cpu()
+        # 6) observe
+        finished = not bool(ctx.masked[:, P:].any())
+        event = StepEvent(
+            step=ctx.step,
+            block=block,
+            step_in_block=ctx.step_in_block,
+            masked=masked_blk,
+            reveal=reveal,
+            cand=cand,
+            conf=conf,
+            nfe=ctx.nfe,
+            rows=step_rows,
+            elapsed_s=time.perf_counter() - t0,
+        )
+        for p in recipe.policies:
+            p.observe(event)
+            event.info.update(getattr(p, "info", {}))
+        if finished:
+            _sync(device)
+            wall = time.perf_counter() - t0
+            event.outputs = _outputs(lm, canvas[:, P:].tolist(), lens, nfe, rows, wall, stop)
+        yield event
+        if finished:
+            return
+        ctx.step += 1
+        ctx.step_in_block += 1
+
+
+def _outputs(lm, gen_ids, lens, nfe, rows, wall, stop) -> list[Output]:
+    outs = []
+    stops = set(lm.stop_ids)
+    for b, ids in enumerate(gen_ids):
+        end = next((i for i, t in enumerate(ids) if t in stops), None)
+        answer = ids if end is None else ids[: end + 1]
+        text = lm.tokenizer.decode(ids if end is None else ids[:end], skip_special_tokens=True)
+        for s in stop or ():
+            text = text.split(s, 1)[0]
+        m = Metrics(
+            nfe=int(nfe[b]),
+            rows=int(rows[b]),
+            n_layers=lm.args.n_layers,
+            prompt_tokens=int(lens[b]),
+            answer_tokens=len(answer),
+            all_tokens=len(ids),
+            wall_s=wall,
+        )
+        outs.append(Output(text=text.strip(), ids=ids, metrics=m))
+    return outs
+
+
+def generate(lm: Loaded, prompts: str | list[str], recipe: Recipe, **kw: Any) -> list[Output]:
+    """Drain `stream_generate`; one Output per prompt."""
+    for event in stream_generate(lm, prompts, recipe, **kw):
+        if event.done:
+            return event.outputs
+    raise RuntimeError("decoding ended without a final event")
+
+
+@torch.no_grad()
+def reference_generate(
+    model, prompt_ids: list[int], gen_len: int, block_len: int, steps: int
+) -> list[int]:
+    """The slow reference: LLaDA's low-confidence remasking at temperature 0 with a full
+    no-cache forward per step, written plainly. The engine is tested against it."""
+    a = model.args
+    x = torch.tensor([prompt_ids + [a.mask_id] * gen_len])
+    P = len(prompt_ids)
+    n_blocks = -(-gen_len // block_len)
+    for nb in range(n_blocks):
+        lo, hi = P + nb * block_len, min(P + (nb + 1) * block_len, P + gen_len)
+        block_steps = max(1, round(steps * (hi - lo) / gen_len))
+        n0 = int((x[0, lo:hi] == a.mask_id).sum())
+        quota = [n0 // block_steps + (i < n0 % block_steps) for i in range(block_steps)]
+        for i in range(block_steps):
+            masked = x[0] == a.mask_id
+            if not masked[lo:hi].any():
+                break
+            logits = model(x)[0]
+            if a.logit_shift:
+                logits = torch.cat([logits[:1], logits[:-1]])
+            probs = torch.softmax(logits.float(), -1)
+            cand = probs.argmax(-1)
+            conf = probs.gather(-1, cand[:, None])[:, 0]
+            conf[:lo] = -1
+            conf[hi:] = -1
+            conf[~masked] = -1
+            k = max(1, quota[i]) if i < block_steps - 1 else int(masked[lo:hi].sum())
+            for j in conf.argsort(descending=True, stable=True)[:k]:
+                x[0, j] = cand[j]
+    return x[0, P:].tolist()

@@ -1,0 +1,221 @@
+"""Checkpoint directories in the Hub layout in and out: config.json, safetensors (single or
+sharded), tokenizer files. Name resolution for the shipped tiny models. No compute here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from unmask.models import dream, llada
+from unmask.models.layers import ModelArgs, Transformer
+from unmask.tokenizer import Tokenizer
+
+FAMILIES: dict[str, ModuleType] = {"llada": llada, "dream": dream}
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+SHIPPED = ("tiny-llada", "tiny-dream")
+# End-of-turn tokens of the chat templates we know; looked up in the checkpoint's own vocabulary.
+END_OF_TURN = ("<|eot_id|>", "<|im_end|>")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded; the message names the problem in one line."""
+
+
+@dataclass
+class Loaded:
+    model: Transformer
+    tokenizer: Tokenizer
+    args: ModelArgs
+    path: Path
+    eot_id: int | None  # end of turn (<|eot_id|> / <|im_end|>); stops a row like EOS
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return tuple(i for i in (self.args.eos_id, self.eot_id) if i is not None)
+
+
+def resolve(name_or_dir: str | Path) -> Path:
+    """A shipped model name (tiny-llada, tiny-dream) or a local checkpoint directory."""
+    if str(name_or_dir) in SHIPPED:
+        return CHECKPOINTS / str(name_or_dir)
+    path = Path(name_or_dir).expanduser()
+    if not path.is_dir():
+        raise CheckpointError(
+            f"no model {str(name_or_dir)!r}: not a directory and not one of {', '.join(SHIPPED)}"
+        )
+    return path
+
+
+def family_of(cfg: dict, path: Path) -> ModuleType:
+    model_type = str(cfg.get("model_type", ""))
+    fam = FAMILIES.get(model_type.lower())
+    if fam is None:
+        raise CheckpointError(
+            f"{path / 'config.json'}: unknown model_type {model_type!r} "
+            f"(supported: {', '.join(f.MODEL_TYPE for f in FAMILIES.values())})"
+        )
+    return fam
+
+
+def read_config(path: Path) -> tuple[ModuleType, dict, ModelArgs]:
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{path}: no config.json")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+    fam = family_of(cfg, path)
+    try:
+        args = fam.args_from_config(cfg)
+    except KeyError as e:
+        raise CheckpointError(f"{cfg_path}: missing config key {e.args[0]!r}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from None
+    return fam, cfg, args
+
+
+def tensor_names(fam: ModuleType, internal_names: list[str], tied: bool) -> dict[str, str]:
+    """Our parameter name -> checkpoint tensor name, for every parameter of the model."""
+    block = {ours: hub for hub, ours in fam.BLOCK_NAMES.items()}
+    top = {ours: hub for hub, ours in fam.TOP_NAMES.items()}
+    out = {}
+    for name in internal_names:
+        if name.startswith("layers."):
+            _, i, rest = name.split(".", 2)
+            out[name] = f"{fam.LAYER_PREFIX}.{i}.{block[rest]}"
+        elif name == "lm_head.weight" and tied:
+            out[name] = top["embed.weight"]
+        else:
+            out[name] = top[name]
+    return out
+
+
+def weight_files(path: Path) -> dict[str, Path]:
+    """Checkpoint tensor name -> the safetensors file holding it."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: path / fname for name, fname in weight_map.items()}
+    single = path / "model.safetensors"
+    if not single.is_file():
+        raise CheckpointError(f"{path}: neither model.safetensors nor model.safetensors.index.json")
+    with safe_open(single, framework="pt") as f:
+        return dict.fromkeys(f.keys(), single)
+
+
+def default_dtype(device: torch.device, cfg: dict) -> torch.dtype:
+    # CPUs here have no bf16 units; on an accelerator keep the checkpoint's own precision.
+    if device.type == "cpu":
+        return torch.float32
+    name = cfg.get("torch_dtype") or ("bfloat16" if "bf16" in str(cfg.get("precision")) else None)
+    return getattr(torch, name) if name else torch.bfloat16
+
+
+def load(
+    name_or_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> Loaded:
+    path = resolve(name_or_dir)
+    fam, cfg, args = read_config(path)
+    device = torch.device(device)
+    dtype = dtype or default_dtype(device, cfg)
+    with torch.device("meta"):
+        model = Transformer(args)
+    params = dict(model.named_parameters())
+    names = tensor_names(fam, list(params), fam.tied(cfg))
+    files = weight_files(path)
+    for ours, hub in names.items():
+        if hub not in files:
+            raise CheckpointError(f"{path}: missing tensor {hub!r}")
+    unexpected = sorted(set(files) - set(names.values()))
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise CheckpointError(f"{path}: unexpected tensor {unexpected[0]!r}{more}")
+    state = {}
+    handles: dict[Path, object] = {}
+    try:
+        for ours, hub in names.items():
+            fpath = files[hub]
+            if not fpath.is_file():
+                raise CheckpointError(f"{path}: shard {fpath.name} listed in the index is missing")
+            if fpath not in handles:
+                handles[fpath] = safe_open(fpath, framework="pt", device=str(device))
+            t = handles[fpath].get_tensor(hub)
+            if tuple(t.shape) != tuple(params[ours].shape):
+                raise CheckpointError(
+                    f"{path}: tensor {hub!r} has shape {tuple(t.shape)}, "
+                    f"expected {tuple(params[ours].shape)} from config.json"
+                )
+            state[ours] = t.to(dtype)
+    finally:
+        handles.clear()
+    model.load_state_dict(state, assign=True)
+    model.eval()
+    try:
+        tokenizer = Tokenizer.from_dir(path)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot load tokenizer ({e})") from None
+    eot = next((i for t in END_OF_TURN if (i := tokenizer.token_to_id(t)) is not None), None)
+    return Loaded(model=model, tokenizer=tokenizer, args=args, path=path, eot_id=eot)
+
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
+
+
+def save(
+    model: Transformer,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path,
+    pad_id: int,
+    tokenizer_vocab_size: int,
+    max_shard_bytes: int | None = None,
+) -> Path:
+    """Write `model` in its family's Hub layout (sharded with an index past max_shard_bytes)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    a = model.args
+    fam = FAMILIES[a.family]
+    cfg = fam.config_from_args(a, tokenizer_vocab_size, pad_id)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    names = tensor_names(fam, [n for n, _ in model.named_parameters()], tied=False)
+    tensors = {names[n]: p.detach().contiguous().cpu() for n, p in model.named_parameters()}
+    for stale in out.glob("model*.safetensors*"):
+        stale.unlink()
+    if max_shard_bytes is None:
+        save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    else:
+        shards: list[dict] = [{}]
+        size = 0
+        for name, t in tensors.items():
+            nbytes = t.numel() * t.element_size()
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][name] = t
+            size += nbytes
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, out / fname, metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, fname))
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    src = Path(tokenizer_dir)
+    if src.resolve() != out.resolve():
+        for fname in TOKENIZER_FILES:
+            if (src / fname).is_file():
+                shutil.copy(src / fname, out / fname)
+    return out

@@ -1,0 +1,90 @@
+"""The policy base class (hyperparameters as init fields, per-request state reset) and the spec
+parser `name:key=value,...` shared by every role. Role-specific protocols live in each module."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+
+class SpecError(ValueError):
+    """A policy or recipe spec that cannot be built; the message says what is wrong."""
+
+
+@dataclass
+class Policy:
+    """Init fields are hyperparameters; fields declared with `init=False` are per-request state."""
+
+    name: ClassVar[str] = ""
+    role: ClassVar[str] = ""
+
+    def reset(self, req: Any) -> None:
+        """Start of a request: forget per-request state."""
+
+    def observe(self, event: Any) -> None:
+        """After every step: the feedback hook adaptive policies learn from."""
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec string: every hyperparameter, so a record is reproducible."""
+        parts = [f"{f.name}={_fmt(getattr(self, f.name))}" for f in fields(self) if f.init]
+        return self.name + (":" + ",".join(parts) if parts else "")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    return str(v)
+
+
+def _convert(cls: type, key: str, raw: str, annotation: Any) -> Any:
+    text = str(annotation)
+    optional = "None" in text
+    if optional and raw.lower() in ("none", "null", ""):
+        return None
+    try:
+        if "bool" in text:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if "int" in text:
+            return int(raw)
+        if "float" in text:
+            return float(raw)
+    except ValueError:
+        kind = "true/false" if "bool" in text else text.replace(" | None", "")
+        raise SpecError(f"{cls.name}: {key}={raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def build(registry: dict[str, type[Policy]], role: str, spec: str) -> Policy:
+    """`name` or `name:key=value,key=value` -> a policy instance of `role`."""
+    name, _, params = spec.strip().partition(":")
+    cls = registry.get(name)
+    if cls is None:
+        raise SpecError(f"unknown {role} policy {name!r}; known: {', '.join(sorted(registry))}")
+    init = {f.name: f for f in fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in params.split(","))):
+        key, eq, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq:
+            raise SpecError(f"{name}: expected key=value, got {item!r}")
+        if key not in init:
+            known = ", ".join(init) or "none"
+            raise SpecError(f"{name}: unknown parameter {key!r} (parameters: {known})")
+        kwargs[key] = _convert(cls, key, raw.strip(), init[key].type)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{name}: {e}") from None
+
+
+def fresh(policy: Policy) -> Policy:
+    """A copy with the same hyperparameters and clean per-request state."""
+    return dataclasses.replace(policy)

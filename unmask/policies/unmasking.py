@@ -1,0 +1,53 @@
+"""UnmaskRules: which masked positions of the current block to reveal at this step.
+
+The engine, not the rule, guarantees at least one reveal per live row and no writes outside
+the block. LLaDA's per-step quota here; threshold, factor, APD and CadLLM's tau_t join it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from unmask.policies.base import Policy
+
+
+def top_k_mask(conf: Tensor, masked: Tensor, k: Tensor) -> Tensor:
+    """The k[b] most confident masked positions of each row: conf, masked [B, L]; k [B]."""
+    score = conf.masked_fill(~masked, float("-inf"))
+    order = score.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return (rank < k[:, None]) & masked
+
+
+@dataclass
+class UnmaskRule(Policy):
+    role: ClassVar[str] = "unmask"
+
+    def select(self, conf: Tensor, masked: Tensor, ctx) -> Tensor:
+        """conf [B, L] of the block, masked [B, L] -> reveal [B, L] bool."""
+        raise NotImplementedError
+
+
+@dataclass
+class Quota(UnmaskRule):
+    """LLaDA: the masks present at the block start are spread evenly over the block's step
+    budget (the first `n mod S` steps take one extra), top-k by confidence at each step."""
+
+    name: ClassVar[str] = "quota"
+
+    def select(self, conf: Tensor, masked: Tensor, ctx) -> Tensor:
+        n0 = ctx.block_masked_at_start  # [B]
+        steps = ctx.block.steps
+        i = ctx.step_in_block
+        k = n0 // steps + (i < n0 % steps).long()
+        if i >= steps - 1:
+            k = masked.sum(-1)  # the budget is spent: finish the block
+        return top_k_mask(conf, masked, k)
+
+
+REGISTRY: dict[str, type[UnmaskRule]] = {c.name: c for c in (Quota,)}

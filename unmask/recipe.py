@@ -1,0 +1,93 @@
+"""Recipe = one policy per role + gen_len, temperature, seed; spec strings and named presets.
+
+A recipe spec is a preset name and/or `role=policy-spec` items joined by `+`, e.g.
+`vanilla`, `vanilla+unmask=quota+gen_len=128`, `blocks=fixed:len=16+refresh=none+...`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from unmask.policies import blocks, refresh, scoring, unmasking
+from unmask.policies.base import Policy, SpecError, build, fresh
+
+ROLES = {
+    "blocks": blocks.REGISTRY,
+    "refresh": refresh.REGISTRY,
+    "scorer": scoring.REGISTRY,
+    "unmask": unmasking.REGISTRY,
+}
+SCALARS = {"gen_len": int, "temperature": float, "seed": int}
+
+# Each preset reproduces one method of the field with its authors' defaults (METHODS.md).
+PRESETS: dict[str, str] = {
+    "vanilla": "blocks=fixed+refresh=none+scorer=maxprob+unmask=quota",
+}
+
+
+@dataclass
+class Recipe:
+    name: str
+    blocks: blocks.BlockSchedule = field(default_factory=blocks.FixedBlocks)
+    refresh: refresh.RefreshPolicy = field(default_factory=refresh.NoCache)
+    scorer: scoring.Scorer = field(default_factory=scoring.MaxProb)
+    unmask: unmasking.UnmaskRule = field(default_factory=unmasking.Quota)
+    gen_len: int | None = None  # None: the caller's default (a task's, or 64)
+    temperature: float = 0.0
+    seed: int = 0
+
+    @property
+    def policies(self) -> list[Policy]:
+        return [self.blocks, self.refresh, self.scorer, self.unmask]
+
+    @property
+    def spec(self) -> str:
+        """The fully expanded spec: building it again gives the same recipe."""
+        items = [f"{p.role}={p.spec}" for p in self.policies]
+        if self.gen_len is not None:
+            items.append(f"gen_len={self.gen_len}")
+        items += [f"temperature={self.temperature:g}", f"seed={self.seed}"]
+        return "+".join(items)
+
+    def fresh(self) -> Recipe:
+        """Same hyperparameters, clean per-request policy state."""
+        return Recipe(
+            self.name,
+            *(fresh(p) for p in self.policies),
+            gen_len=self.gen_len,
+            temperature=self.temperature,
+            seed=self.seed,
+        )
+
+
+def parse(spec: str) -> Recipe:
+    """Build a recipe from a preset name and/or `key=value` items joined by `+`."""
+    spec = spec.strip()
+    if not spec:
+        raise SpecError("empty recipe spec")
+    items = [s.strip() for s in spec.split("+")]
+    name = items[0] if "=" not in items[0] else "custom"
+    if "=" not in items[0]:
+        if items[0] not in PRESETS:
+            raise SpecError(f"unknown recipe {items[0]!r}; presets: {', '.join(PRESETS)}")
+        items = PRESETS[items[0]].split("+") + items[1:]
+    recipe = Recipe(name)
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise SpecError(f"recipe item {item!r} is not key=value (a preset comes first only)")
+        if key in ROLES:
+            setattr(recipe, key, build(ROLES[key], key, value))
+        elif key in SCALARS:
+            try:
+                setattr(recipe, key, SCALARS[key](value))
+            except ValueError:
+                raise SpecError(f"{key}={value!r} is not a valid {SCALARS[key].__name__}") from None
+        else:
+            raise SpecError(f"unknown recipe key {key!r}; keys: {', '.join([*ROLES, *SCALARS])}")
+    if recipe.gen_len is not None and recipe.gen_len <= 0:
+        raise SpecError(f"gen_len must be > 0, got {recipe.gen_len}")
+    if recipe.temperature < 0:
+        raise SpecError(f"temperature must be >= 0, got {recipe.temperature}")
+    return recipe

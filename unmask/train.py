@@ -1,0 +1,229 @@
+"""The tiny-model trainer: LLaDA's masked-diffusion SFT objective on the synthetic task suite,
+for both families, seeded and resumable. Decoding and evaluation live elsewhere."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from unmask.models import load as ckpt
+from unmask.models.layers import ModelArgs, Transformer
+from unmask.tasks import get_task
+from unmask.tokenizer import Tokenizer, build_tokenizer
+
+STATE = "train_state.pt"
+END_OF_TURN = {"llada": "<|eot_id|>", "dream": "<|im_end|>"}
+MASK_TOKEN = {"llada": "<|mdm_mask|>", "dream": "<|mask|>"}
+
+
+@dataclass
+class TrainConfig:
+    family: str = "llada"
+    out: str = "runs/tiny-llada"
+    steps: int = 20000
+    batch: int = 64
+    lr: float = 1e-3
+    warmup: int = 300
+    min_lr_frac: float = 0.1
+    weight_decay: float = 0.1
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    mlp_hidden: int = 352
+    rope_theta: float = 10000.0
+    vocab_size: int = 512
+    tasks: dict[str, float] = field(default_factory=lambda: {"arith": 0.85, "reverse": 0.15})
+    seed: int = 0
+    save_every: int = 500
+    threads: int = 0  # 0: torch's default
+    eps: float = 1e-3  # smallest mask ratio, as in LLaDA
+
+
+def chat_ids(tok: Tokenizer, prompt: str) -> list[int]:
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True
+    )
+    return tok.encode(text)
+
+
+class Batches:
+    """Deterministic stream: batch k is a pure function of (config, k)."""
+
+    def __init__(self, cfg: TrainConfig, tok: Tokenizer):
+        self.cfg = cfg
+        self.tok = tok
+        self.tasks = {name: get_task(name) for name in cfg.tasks}
+        self.names = list(cfg.tasks)
+        self.weights = [cfg.tasks[n] for n in self.names]
+        self.eot = tok.token_to_id(END_OF_TURN[cfg.family])
+        self.eos = tok.token_to_id("<|endoftext|>")
+
+    def example(self, k: int, j: int) -> tuple[list[int], list[int]]:
+        rng = random.Random(self.cfg.seed * 1_000_003 + k * 1009 + j)
+        name = rng.choices(self.names, self.weights)[0]
+        task = self.tasks[name]
+        s = task.samples("train", 1, start=k * self.cfg.batch + j)[0]
+        answer = self.tok.encode(s.reference) + [self.eot]
+        answer = answer[: task.gen_len] + [self.eos] * max(0, task.gen_len - len(answer))
+        return chat_ids(self.tok, s.prompt), answer
+
+    def get(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids [B, T] (EOS-padded on the right, as LLaDA's SFT) and answer mask [B, T]."""
+        rows = [self.example(k, j) for j in range(self.cfg.batch)]
+        T = max(len(p) + len(a) for p, a in rows)
+        ids = torch.full((len(rows), T), self.eos, dtype=torch.long)
+        is_answer = torch.zeros(len(rows), T, dtype=torch.bool)
+        for b, (p, a) in enumerate(rows):
+            ids[b, : len(p) + len(a)] = torch.tensor(p + a)
+            is_answer[b, len(p) :] = True  # trailing EOS padding is answer too
+        return ids, is_answer
+
+
+def diffusion_loss(
+    model: Transformer, ids: torch.Tensor, is_answer: torch.Tensor, gen: torch.Generator, eps: float
+) -> torch.Tensor:
+    """LLaDA SFT loss: t ~ U(eps, 1) per example, mask answer positions w.p. t, CE/t on masked."""
+    a = model.args
+    B, T = ids.shape
+    t = eps + (1 - eps) * torch.rand(B, 1, generator=gen)
+    masked = (torch.rand(B, T, generator=gen) < t) & is_answer  # [B, T]
+    noisy = torch.where(masked, torch.full_like(ids, a.mask_id), ids)
+    logits = model(noisy)  # [B, T, V]
+    if a.logit_shift:
+        # Dream: the output at p-1 predicts position p; the answer never starts at column 0.
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+    ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")  # [B, T]
+    per_example = (ce * masked / t).sum(1) / is_answer.sum(1).clamp(min=1)
+    return per_example.mean()
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * cos)
+
+
+def corpus(cfg: TrainConfig, n: int = 4000):
+    for name in cfg.tasks:
+        for s in get_task(name).samples("train", n):
+            yield s.prompt
+            yield s.reference
+
+
+def new_model(cfg: TrainConfig, tok: Tokenizer) -> Transformer:
+    vocab = tok.vocab_size
+    args = ModelArgs(
+        family=cfg.family,
+        vocab_size=vocab,
+        d_model=cfg.d_model,
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        n_kv_heads=cfg.n_kv_heads,
+        mlp_hidden=cfg.mlp_hidden,
+        rope_theta=cfg.rope_theta,
+        norm_eps=1e-5 if cfg.family == "llada" else 1e-6,
+        qkv_bias=cfg.family == "dream",
+        max_seq_len=1024,
+        mask_id=tok.token_to_id(MASK_TOKEN[cfg.family]),
+        eos_id=tok.token_to_id("<|endoftext|>"),
+        logit_shift=cfg.family == "dream",
+    )
+    model = Transformer(args)
+    for name, p in model.named_parameters():
+        if p.dim() == 2:
+            torch.nn.init.normal_(p, std=0.02)
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.data /= math.sqrt(2 * cfg.n_layers)
+        elif name.endswith("bias"):
+            torch.nn.init.zeros_(p)
+    return model
+
+
+def export(model: Transformer, tok: Tokenizer, tok_dir: Path, out: Path) -> None:
+    ckpt.save(model, out, tok_dir, pad_id=model.args.eos_id, tokenizer_vocab_size=tok.vocab_size)
+
+
+def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    tok_dir = out / "tokenizer"
+    state_path = out / STATE
+    if resume and state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        saved = TrainConfig(**state["config"])
+        if saved.family != cfg.family:
+            raise ValueError(f"{out} holds a {saved.family} run; pass a fresh --out")
+        saved.steps, saved.save_every, saved.threads = cfg.steps, cfg.save_every, cfg.threads
+        cfg = saved
+    else:
+        state = None
+        build_tokenizer(cfg.family, corpus(cfg), tok_dir, vocab_size=cfg.vocab_size)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    tok = Tokenizer.from_dir(tok_dir)
+    torch.manual_seed(cfg.seed)
+    model = new_model(cfg, tok)
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+    step, wall = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, wall = state["step"], state["wall_s"]
+        log(f"resumed {out} at step {step} ({wall / 60:.1f} min trained so far)")
+    data = Batches(cfg, tok)
+    history_path = out / "history.jsonl"
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.family}", unit="step")
+    model.train()
+    ema = None
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        ids, is_answer = data.get(step)
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        loss = diffusion_loss(model, ids, is_answer, gen, cfg.eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        dt = time.perf_counter() - t0
+        wall += dt
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{ids.numel() / dt:.0f}")
+        bar.update(1)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            torch.save(
+                {
+                    "config": asdict(cfg),
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "step": step,
+                    "wall_s": wall,
+                },
+                state_path.with_suffix(".tmp"),
+            )
+            state_path.with_suffix(".tmp").replace(state_path)
+            export(model, tok, tok_dir, out / "checkpoint")
+            with history_path.open("a") as f:
+                f.write(json.dumps({"step": step, "loss": ema, "wall_s": round(wall, 1)}) + "\n")
+    bar.close()
+    return out / "checkpoint"
