@@ -62,8 +62,8 @@ class Cache:
 
 
 class LayerProbe:
-    """What a plan may look at before choosing a layer's rows: the layer input and lazily derived
-    views of it (normalised input, V of every row). Anything computed here is reused by the layer."""
+    """What a plan may see before choosing a layer's rows: the layer input and lazily derived
+    views of it (normalised input, V of every row), reused by the layer once computed."""
 
     def __init__(
         self, layer: int, x: Tensor, block: Block, rope: tuple[Tensor, Tensor], cache: Cache

@@ -41,7 +41,7 @@ def tied(cfg: dict) -> bool:
 
 
 def config_from_args(a: ModelArgs, vocab_size: int, pad_id: int) -> dict:
-    """A config.json with the keys of Dream-v0-Instruct-7B's, for checkpoints this project writes."""
+    """A config.json with Dream-v0-Instruct-7B's keys, for checkpoints this project writes."""
     return {
         "architectures": [ARCHITECTURE],
         "attention_dropout": 0.0,

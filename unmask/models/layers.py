@@ -1,4 +1,4 @@
-"""The transformer both families share: RMSNorm, RoPE, GQA attention over a full-canvas cache, SwiGLU.
+"""The transformer both families share (RMSNorm, RoPE, GQA attention, SwiGLU), cache-aware.
 
 Family files (llada.py, dream.py) only map their Hub config keys and tensor names onto this.
 Caching policy lives in the RowPlan the forward is given; this module knows no cache mode.
@@ -114,7 +114,7 @@ class Block(nn.Module):
         v: Tensor,
         key_mask: Tensor | None,
     ) -> Tensor:
-        """Queries from `normed` [B, N, D] against keys/values [B, Hkv, Tk, Dh]; returns [B, N, D]."""
+        """Queries from `normed` [B, N, D] against K/V [B, Hkv, Tk, Dh]; returns [B, N, D]."""
         a = self.a
         q = apply_rope(self.heads(self.q_proj(normed), a.n_heads), *rope)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, Tk]
@@ -146,7 +146,7 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Embedding, blocks, final norm, LM head. `forward` = training path, `run` = plan-driven path."""
+    """Embedding, blocks, final norm, LM head. `forward`: training path; `run`: plan-driven."""
 
     def __init__(self, a: ModelArgs):
         super().__init__()

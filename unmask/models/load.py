@@ -131,7 +131,7 @@ def load(
     params = dict(model.named_parameters())
     names = tensor_names(fam, list(params), fam.tied(cfg))
     files = weight_files(path)
-    for ours, hub in names.items():
+    for hub in names.values():
         if hub not in files:
             raise CheckpointError(f"{path}: missing tensor {hub!r}")
     unexpected = sorted(set(files) - set(names.values()))
