@@ -11,9 +11,8 @@ from unmask.train import TrainConfig, corpus, new_model
 
 
 def make_checkpoint(root, family: str, seed: int = 0, shard: int | None = None, **arch):
-    cfg = TrainConfig(
-        family=family, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden=64, **arch
-    )
+    shape = {"d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4, "mlp_hidden": 64}
+    cfg = TrainConfig(family=family, **{**shape, **arch})
     tok_dir = root / f"tok-{family}"
     if not (tok_dir / "tokenizer.json").is_file():
         build_tokenizer(family, corpus(cfg, 300), tok_dir)

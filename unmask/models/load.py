@@ -44,7 +44,13 @@ class Loaded:
 def resolve(name_or_dir: str | Path) -> Path:
     """A shipped model name (tiny-llada, tiny-dream) or a local checkpoint directory."""
     if str(name_or_dir) in SHIPPED:
-        return CHECKPOINTS / str(name_or_dir)
+        path = CHECKPOINTS / str(name_or_dir)
+        if not (path / "config.json").is_file():
+            raise CheckpointError(
+                f"the shipped checkpoint {name_or_dir} is not in this install ({path}); "
+                "train one with `unmask train` and pass its directory"
+            )
+        return path
     path = Path(name_or_dir).expanduser()
     if not path.is_dir():
         raise CheckpointError(

@@ -1,0 +1,144 @@
+"""Side-by-side measurement: every recipe on the same samples, interleaved, into per-sample
+records, summary rows, a printed table and a JSON record. Plotting lives in plots.py."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from unmask.generate import generate
+from unmask.models.load import Loaded
+from unmask.recipe import Recipe
+from unmask.tasks import Sample, Task
+
+REFERENCES = ("vanilla", "fast-dllm")  # speedups are reported against these when present
+
+
+@dataclass
+class Record:
+    """One sample decoded by one recipe."""
+
+    recipe: str
+    index: int
+    prompt: str
+    reference: str
+    text: str
+    correct: bool
+    nfe: int
+    rows: int
+    ar_floor: int
+    answer_tokens: int
+    all_tokens: int
+    wall_s: float
+
+
+def run_samples(
+    lm: Loaded, task: Task, recipe: Recipe, samples: list[Sample], start: int = 0, batch: int = 1
+) -> list[Record]:
+    """Decode `samples` in batches; with batch > 1 each sample is charged wall time / batch."""
+    out = []
+    for lo in range(0, len(samples), batch):
+        chunk = samples[lo : lo + batch]
+        outs = generate(
+            lm, [s.prompt for s in chunk], recipe, gen_len=task.gen_len, block_len=task.block_len
+        )
+        for j, (s, o) in enumerate(zip(chunk, outs, strict=True)):
+            m = o.metrics
+            out.append(
+                Record(
+                    recipe=recipe.name,
+                    index=start + lo + j,
+                    prompt=s.prompt,
+                    reference=s.reference,
+                    text=o.text,
+                    correct=task.score(s, o.text),
+                    nfe=m.nfe,
+                    rows=m.rows,
+                    ar_floor=m.ar_floor,
+                    answer_tokens=m.answer_tokens,
+                    all_tokens=m.all_tokens,
+                    wall_s=m.wall_s / len(chunk),
+                )
+            )
+    return out
+
+
+def summarize(recipe: Recipe, records: list[Record]) -> dict:
+    n = len(records)
+    wall = sum(r.wall_s for r in records)
+    return {
+        "recipe": recipe.name,
+        "spec": recipe.spec,
+        "accuracy": sum(r.correct for r in records) / n,
+        "n": n,
+        "nfe_per_sample": sum(r.nfe for r in records) / n,
+        "rows_per_sample": sum(r.rows for r in records) / n,
+        "rows_over_ar_floor": sum(r.rows for r in records) / sum(r.ar_floor for r in records),
+        "answer_tokens_per_s": sum(r.answer_tokens for r in records) / wall,
+        "all_tokens_per_s": sum(r.all_tokens for r in records) / wall,
+        "wall_s": wall,
+    }
+
+
+def bench(
+    lm: Loaded, task: Task, recipes: list[Recipe], n: int, warmup: int = 1, progress: bool = True
+) -> tuple[list[dict], list[Record]]:
+    """Every recipe on the same n test samples, in interleaved order so that machine noise hits
+    all alike, after `warmup` untimed samples per recipe."""
+    samples = task.samples("test", n)
+    for recipe in recipes:
+        for s in task.samples("test", warmup, start=n):
+            generate(lm, s.prompt, recipe, gen_len=task.gen_len, block_len=task.block_len)
+    records: dict[str, list[Record]] = {r.name: [] for r in recipes}
+    bar = tqdm(total=n * len(recipes), desc="bench", unit="run", disable=not progress)
+    for i, s in enumerate(samples):
+        for recipe in recipes:
+            records[recipe.name] += run_samples(lm, task, recipe, [s], start=i)
+            bar.set_postfix(recipe=recipe.name)
+            bar.update(1)
+    bar.close()
+    rows = [summarize(r, records[r.name]) for r in recipes]
+    for ref in REFERENCES:
+        base = next((r for r in rows if r["recipe"] == ref), None)
+        for r in rows:
+            key = "speedup_vs_" + ref.replace("-", "_")
+            r[key] = r["answer_tokens_per_s"] / base["answer_tokens_per_s"] if base else None
+    return rows, [x for r in recipes for x in records[r.name]]
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads (CPU)"
+
+
+def table(rows: list[dict]) -> str:
+    cols = [
+        ("recipe", "recipe", "{}"),
+        ("acc", "accuracy", "{:.3f}"),
+        ("nfe/s", "nfe_per_sample", "{:.1f}"),
+        ("rows/s", "rows_per_sample", "{:.0f}"),
+        ("rows/AR", "rows_over_ar_floor", "{:.2f}"),
+        ("ans tok/s", "answer_tokens_per_s", "{:.1f}"),
+        ("all tok/s", "all_tokens_per_s", "{:.1f}"),
+        ("x vanilla", "speedup_vs_vanilla", "{:.2f}"),
+        ("x fast-dllm", "speedup_vs_fast_dllm", "{:.2f}"),
+        ("wall s", "wall_s", "{:.1f}"),
+    ]
+    cells = [[h for h, _, _ in cols]]
+    for r in rows:
+        cells.append(["-" if r.get(k) is None else f.format(r[k]) for _, k, f in cols])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    lines = [
+        "  ".join(c[i].rjust(widths[i]) if i else c[i].ljust(widths[i]) for i in range(len(c)))
+        for c in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def record_dicts(records: list[Record]) -> list[dict]:
+    return [asdict(r) for r in records]

@@ -1,0 +1,331 @@
+"""The `unmask` command: generate | train (bench, eval and serve join here as they land).
+
+Argument parsing and error reporting only; every command calls into the package's own API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from unmask.recipe import PRESETS
+
+EPILOG_GENERATE = """\
+recipes: a preset name, optionally followed by overrides joined with '+':
+  vanilla                                   LLaDA decoding, one token per step
+  vanilla+blocks=fixed:len=16,steps=32      blocks of 16, 32 forward passes in all
+  vanilla+temperature=0.7+seed=3            Gumbel sampling, seeded
+presets: {presets}
+
+examples:
+  unmask generate "Question: Tom has 3 apples. He buys 2 more. How many apples does Tom have?"
+  unmask generate --model tiny-dream --json "Reverse the list: 1 2 3 4 5"
+"""
+
+
+class CliError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name:
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from unmask.generate import generate
+    from unmask.models.load import load
+    from unmask.recipe import parse
+
+    if not args.prompt.strip():
+        raise CliError("empty prompt")
+    recipe = parse(args.recipe)
+    lm = load(args.model, device=_device(args.device))
+    out = generate(
+        lm, args.prompt, recipe, gen_len=args.gen_len, block_len=args.block_len, chat=not args.raw
+    )[0]
+    m = out.metrics
+    if args.json:
+        record = {
+            "model": str(args.model),
+            "recipe": recipe.spec,
+            "prompt": args.prompt,
+            "text": out.text,
+            "ids": out.ids,
+            "metrics": m.to_dict(),
+        }
+        print(json.dumps(record))
+        return 0
+    print(out.text)
+    print(
+        f"[{recipe.name}] nfe={m.nfe} rows={m.rows} rows/ar_floor={m.rows_over_ar_floor:.2f} "
+        f"answer_tokens={m.answer_tokens} {m.answer_tokens_per_s:.1f} tok/s "
+        f"({m.all_tokens_per_s:.1f} all-positions tok/s) wall={m.wall_s:.3f}s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _task(name: str):
+    from unmask.tasks import get_task
+
+    return get_task(name)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from unmask.bench import record_dicts, run_samples, summarize
+    from unmask.models.load import load
+    from unmask.recipe import parse
+
+    recipe = parse(args.recipe)
+    task = _task(args.task)
+    lm = load(args.model, device=_device(args.device))
+    samples = task.samples("test", args.n)
+    from tqdm import tqdm
+
+    records = []
+    for lo in tqdm(range(0, len(samples), args.batch), desc=f"eval {recipe.name}", unit="batch"):
+        records += run_samples(lm, task, recipe, samples[lo : lo + args.batch], lo, args.batch)
+    summary = summarize(recipe, records)
+    if args.jsonl:
+        with open(args.jsonl, "w") as f:
+            for r in record_dicts(records):
+                f.write(json.dumps(r) + "\n")
+    summary.update(model=str(args.model), task=args.task)
+    print(
+        f"{args.task} {recipe.name}: accuracy {summary['accuracy']:.3f} on {summary['n']}, "
+        f"nfe/sample {summary['nfe_per_sample']:.1f}, "
+        f"rows/ar_floor {summary['rows_over_ar_floor']:.2f}",
+        file=sys.stderr,
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+def run_bench(
+    model: str,
+    task_name: str,
+    recipe_specs: list[str],
+    n: int,
+    device: str | None,
+    json_path: str | None,
+    plot_path: str | None,
+    warmup: int = 1,
+) -> dict:
+    from unmask.bench import bench, machine, table
+    from unmask.models.load import load
+    from unmask.recipe import parse
+
+    recipes = [parse(r) for r in recipe_specs]
+    names = [r.name for r in recipes]
+    if len(set(names)) != len(names):
+        raise CliError(f"each recipe may appear once: {', '.join(names)}")
+    task = _task(task_name)
+    lm = load(model, device=_device(device))
+    rows, records = bench(lm, task, recipes, n, warmup=warmup)
+    result = {
+        "model": str(model),
+        "task": task_name,
+        "n": n,
+        "gen_len": task.gen_len,
+        "machine": machine(),
+        "runs": rows,
+    }
+    print(table(rows), file=sys.stderr)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+    if plot_path:
+        from unmask.plots import pareto
+
+        pareto(result, plot_path)
+        print(f"plot: {plot_path}", file=sys.stderr)
+    return result
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    specs = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    if not specs:
+        raise CliError("--recipes is empty")
+    result = run_bench(args.model, args.task, specs, args.n, args.device, args.json, args.plot)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from unmask.recipe import PRESETS
+
+    print(
+        f"unmask demo: every preset ({', '.join(PRESETS)}) side by side on tiny-llada, "
+        f"{args.n} arith problems",
+        file=sys.stderr,
+    )
+    result = run_bench("tiny-llada", "arith", list(PRESETS), args.n, None, "demo.json", "demo.png")
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from unmask.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        family=args.family,
+        out=args.out,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        n_kv_heads=args.n_kv_heads or args.n_heads,
+        mlp_hidden=args.mlp_hidden,
+        seed=args.seed,
+        save_every=args.save_every,
+        threads=args.threads,
+    )
+    path = train(cfg, resume=not args.fresh)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="unmask",
+        description="Fast training-free decoding for masked diffusion LMs (LLaDA, Dream).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser(
+        "generate",
+        help="decode one prompt and print the answer and its metrics",
+        description="Decode one prompt with a recipe; prints the answer, metrics on stderr.",
+        epilog=EPILOG_GENERATE.format(presets=", ".join(PRESETS)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("prompt", help="the user message (the checkpoint's chat template is applied)")
+    g.add_argument(
+        "--model",
+        default="tiny-llada",
+        help="tiny-llada, tiny-dream or a checkpoint "
+        "directory in the Hub layout (default: tiny-llada)",
+    )
+    g.add_argument("--recipe", default="vanilla", help="preset or spec (default: vanilla)")
+    g.add_argument(
+        "--gen-len",
+        type=_positive,
+        default=None,
+        help="positions to generate (default: 64, or the recipe's gen_len)",
+    )
+    g.add_argument(
+        "--block-len",
+        type=_positive,
+        default=None,
+        help="block length for schedules that take the request's (default: 32)",
+    )
+    g.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
+    g.add_argument(
+        "--json", action="store_true", help="print one JSON object: text, generated ids, metrics"
+    )
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser(
+        "eval",
+        help="accuracy of one recipe on a task's test split",
+        description="Decode the first N test samples of a task with one recipe; prints a summary "
+        "(last line JSON) and optionally writes per-sample records as JSONL.",
+    )
+    e.add_argument("--model", default="tiny-llada")
+    e.add_argument("--task", default="arith", help="arith or reverse (default: arith)")
+    e.add_argument("--recipe", default="vanilla")
+    e.add_argument("--n", type=_positive, default=100, help="test samples (default: 100)")
+    e.add_argument(
+        "--batch",
+        type=_positive,
+        default=1,
+        help="prompts decoded together; timings are then per batch / batch size",
+    )
+    e.add_argument("--jsonl", default=None, help="write per-sample records here")
+    e.add_argument("--device", default=None)
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser(
+        "bench",
+        help="several recipes side by side on the same samples: table, JSON, plot",
+        description="Runs every recipe on the same N test samples in interleaved order after one "
+        "warm-up sample each; prints a table (stderr) and, as the last stdout line, JSON.",
+    )
+    b.add_argument("--model", default="tiny-llada")
+    b.add_argument("--task", default="arith")
+    b.add_argument(
+        "--recipes", default="vanilla", help="comma-separated presets or specs (default: vanilla)"
+    )
+    b.add_argument("--n", type=_positive, default=20)
+    b.add_argument("--json", default=None, help="also write the JSON record here")
+    b.add_argument("--plot", default=None, help="accuracy vs answer tokens/s PNG")
+    b.add_argument("--device", default=None)
+    b.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser(
+        "demo",
+        help="the main job: every preset side by side on tiny-llada",
+        description="Bench every preset on tiny-llada (arith); writes demo.json and demo.png.",
+    )
+    d.add_argument("--n", type=_positive, default=20)
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser(
+        "train",
+        help="train a tiny checkpoint on the synthetic tasks (resumable)",
+        description="Masked-diffusion SFT of a small LLaDA- or Dream-format model on the synthetic "
+        "task suite. Re-running the same command resumes from OUT/train_state.pt.",
+    )
+    t.add_argument("--family", choices=["llada", "dream"], default="llada")
+    t.add_argument("--out", default="runs/tiny-llada", help="run directory (default: %(default)s)")
+    t.add_argument("--steps", type=_positive, default=20000)
+    t.add_argument("--batch", type=_positive, default=64)
+    t.add_argument("--lr", type=float, default=1.5e-3)
+    t.add_argument("--d-model", type=_positive, default=128)
+    t.add_argument("--n-layers", type=_positive, default=4)
+    t.add_argument("--n-heads", type=_positive, default=4)
+    t.add_argument("--n-kv-heads", type=_positive, default=None)
+    t.add_argument("--mlp-hidden", type=_positive, default=352)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save-every", type=_positive, default=500)
+    t.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    t.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    t.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from unmask.models.load import CheckpointError
+    from unmask.policies.base import SpecError
+
+    try:
+        return args.func(args)
+    except (CliError, CheckpointError, SpecError, ValueError) as e:
+        print(f"unmask {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"unmask {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
