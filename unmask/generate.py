@@ -198,6 +198,7 @@ def stream_generate(
     nfe = torch.zeros(B, dtype=torch.long)
     rows = torch.zeros(B, dtype=torch.long)
     shift = 1 if a.logit_shift else 0
+    stop_ids = torch.tensor(lm.stop_ids, device=device)
 
     while True:
         alive = ctx.masked[:, P:].any(-1).cpu()  # [B] rows still decoding
@@ -231,6 +232,8 @@ def stream_generate(
         if bool(starved.any()):
             reveal |= top_k_mask(conf, masked_blk, starved.long())
         canvas[:, cols] = torch.where(reveal, cand, canvas[:, cols])
+        if recipe.eos_exit:
+            eos_exit(canvas[:, P:], stop_ids, a.mask_id, a.eos_id)
         nfe += alive.long()
         rows += alive.long() * step_rows.sum(-1).cpu()
         # 6) observe
@@ -259,6 +262,21 @@ def stream_generate(
             return
         ctx.step += 1
         ctx.step_in_block += 1
+
+
+def eos_exit(gen: Tensor, stop_ids: Tensor, mask_id: int, eos_id: int) -> Tensor:
+    """In place on the generated region gen [B, G]: a row whose first revealed EOS/EOT has every
+    position before it revealed is finished; its remaining masks become EOS. The answer text
+    (everything before that first stop token) is final, as revealed tokens never change.
+    Returns the rows that exited [B]."""
+    stop = torch.isin(gen, stop_ids)  # [B, G]
+    masked = gen == mask_id
+    has = stop.any(-1)
+    first = torch.where(has, stop.int().argmax(-1), gen.shape[1])
+    before = masked & (torch.arange(gen.shape[1], device=gen.device) < first[:, None])
+    exited = has & ~before.any(-1) & masked.any(-1)
+    gen.masked_fill_(masked & exited[:, None], eos_id)
+    return exited
 
 
 def _outputs(lm, gen_ids, lens, nfe, rows, wall, stop) -> list[Output]:

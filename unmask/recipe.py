@@ -17,11 +17,26 @@ ROLES = {
     "scorer": scoring.REGISTRY,
     "unmask": unmasking.REGISTRY,
 }
-SCALARS = {"gen_len": int, "temperature": float, "seed": int}
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+_bool.__name__ = "true/false"
+SCALARS = {"gen_len": int, "temperature": float, "seed": int, "eos_exit": _bool}
 
 # Each preset reproduces one method of the field with its authors' defaults (METHODS.md).
 PRESETS: dict[str, str] = {
     "vanilla": "blocks=fixed+refresh=none+scorer=maxprob+unmask=quota",
+    # Fast-dLLM (Wu et al. 2025): block 32, threshold 0.9 or factor 1.0; dual cache by default.
+    "fast-dllm": "blocks=fixed:len=32+refresh=dual+scorer=maxprob+unmask=threshold:tau=0.9",
+    "fast-dllm-prefix": "fast-dllm+refresh=prefix",
+    "fast-dllm-factor": "fast-dllm+unmask=factor:factor=1.0",
 }
 
 
@@ -35,6 +50,8 @@ class Recipe:
     gen_len: int | None = None  # None: the caller's default (a task's, or 64)
     temperature: float = 0.0
     seed: int = 0
+    # Stop a row once everything before its first revealed EOS/EOT is revealed (fill with EOS).
+    eos_exit: bool = False
 
     @property
     def policies(self) -> list[Policy]:
@@ -47,6 +64,8 @@ class Recipe:
         if self.gen_len is not None:
             items.append(f"gen_len={self.gen_len}")
         items += [f"temperature={self.temperature:g}", f"seed={self.seed}"]
+        if self.eos_exit:
+            items.append("eos_exit=true")
         return "+".join(items)
 
     def fresh(self) -> Recipe:
@@ -57,6 +76,7 @@ class Recipe:
             gen_len=self.gen_len,
             temperature=self.temperature,
             seed=self.seed,
+            eos_exit=self.eos_exit,
         )
 
 
@@ -66,12 +86,14 @@ def parse(spec: str) -> Recipe:
     if not spec:
         raise SpecError("empty recipe spec")
     items = [s.strip() for s in spec.split("+")]
-    name = items[0] if "=" not in items[0] else "custom"
-    if "=" not in items[0]:
+    if "=" in items[0]:
+        recipe = Recipe(spec)
+    else:
         if items[0] not in PRESETS:
             raise SpecError(f"unknown recipe {items[0]!r}; presets: {', '.join(PRESETS)}")
-        items = PRESETS[items[0]].split("+") + items[1:]
-    recipe = Recipe(name)
+        recipe = parse(PRESETS[items[0]])  # a preset may build on another one
+        recipe.name = spec  # the preset name, or what the user wrote with overrides
+        items = items[1:]
     for item in items:
         key, eq, value = item.partition("=")
         key = key.strip()

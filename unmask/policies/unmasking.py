@@ -50,4 +50,41 @@ class Quota(UnmaskRule):
         return top_k_mask(conf, masked, k)
 
 
-REGISTRY: dict[str, type[UnmaskRule]] = {c.name: c for c in (Quota,)}
+def top1(conf: Tensor, masked: Tensor) -> Tensor:
+    """The single most confident masked position of each row that has one."""
+    return top_k_mask(conf, masked, masked.any(-1).long())
+
+
+@dataclass
+class Threshold(UnmaskRule):
+    """Fast-dLLM: every masked position with confidence >= tau, and always the most confident."""
+
+    name: ClassVar[str] = "threshold"
+    tau: float = 0.9
+
+    def select(self, conf: Tensor, masked: Tensor, ctx) -> Tensor:
+        return top1(conf, masked) | ((conf >= self.tau) & masked)
+
+
+@dataclass
+class Factor(UnmaskRule):
+    """Fast-dLLM's factor rule: rank the masked positions by confidence; the n-th (1-based) is
+    revealed while conf_n >= 1 - factor/(n+1) holds for it and all before it (the first always).
+    As in the authors' code, a run that fails only at the last masked position reveals all."""
+
+    name: ClassVar[str] = "factor"
+    factor: float = 1.0
+
+    def select(self, conf: Tensor, masked: Tensor, ctx) -> Tensor:
+        m = masked.sum(-1)  # [B]
+        ranked = conf.masked_fill(~masked, float("-inf")).sort(-1, descending=True).values
+        n = torch.arange(1, conf.shape[-1] + 1, device=conf.device)
+        bar = 1 - self.factor / (n + 1)
+        bar[0] = float("-inf")
+        ok = (ranked >= bar) & (n <= m[:, None])
+        k = ok.long().cumprod(-1).sum(-1)
+        k = torch.where(k == m - 1, m, k)
+        return top_k_mask(conf, masked, k)
+
+
+REGISTRY: dict[str, type[UnmaskRule]] = {c.name: c for c in (Quota, Threshold, Factor)}
