@@ -74,6 +74,9 @@ class LayerProbe:
         self.rope = rope
         self.cache = cache
         self._values: Tensor | None = None
+        # Rows whose V the layer overwrites with fresh values() even where it does not recompute
+        # them (dLLM-Cache refreshes V of every response row once it has computed it anyway).
+        self.write_values: Tensor | None = None  # [B, T] bool
 
     @cached_property
     def normed(self) -> Tensor:

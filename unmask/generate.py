@@ -37,6 +37,7 @@ class StepContext:
     prompt_lens: Tensor  # [B]
     n_layers: int
     mask_id: int
+    logit_shift: bool  # Dream: position p is predicted from the output at p-1
     temperature: float
     generator: torch.Generator
     step: int = 0
@@ -190,6 +191,7 @@ def stream_generate(
         prompt_lens=lens,
         n_layers=a.n_layers,
         mask_id=a.mask_id,
+        logit_shift=a.logit_shift,
         temperature=recipe.temperature,
         generator=torch.Generator().manual_seed(recipe.seed),
     )

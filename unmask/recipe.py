@@ -37,6 +37,10 @@ PRESETS: dict[str, str] = {
     "fast-dllm": "blocks=fixed:len=32+refresh=dual+scorer=maxprob+unmask=threshold:tau=0.9",
     "fast-dllm-prefix": "fast-dllm+refresh=prefix",
     "fast-dllm-factor": "fast-dllm+unmask=factor:factor=1.0",
+    # dKV-Cache-Decode (Ma et al. 2025): LLaDA low-confidence decoding, refresh every 8 steps.
+    "dkv-cache": "vanilla+refresh=dkv:interval=8",
+    # dLLM-Cache (Liu et al. 2025), LLaDA-8B-Instruct GSM8K script: block 8, Kp 50, Kr 7, rho 0.25.
+    "dllm-cache": "vanilla+blocks=fixed:len=8+refresh=dllm-cache:kp=50,kr=7,rho=0.25",
 }
 
 

@@ -231,6 +231,10 @@ class Transformer(nn.Module):
                 x = h + mlp
                 continue
             rows, counts[:, i] = mask_to_rows(mask)
+            if probe.write_values is not None:
+                fresh = probe.values()
+                keep = probe.write_values[:, None, :, None]  # [B, 1, T, 1]
+                cache.v[i].copy_(torch.where(keep, fresh, cache.v[i]))
             normed = gather_rows(probe.normed, rows)
             rope = (gather_rows(rope_all[0], rows), gather_rows(rope_all[1], rows))
             k, v = probe.kv_rows(rows, normed, rope)

@@ -6,7 +6,7 @@ DCU join this module. The model only ever sees the plan, never the policy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -101,3 +101,110 @@ class PrefixCache(RefreshPolicy):
 
 
 REGISTRY: dict[str, type[RefreshPolicy]] = {c.name: c for c in (NoCache, PrefixCache, DualCache)}
+
+
+@dataclass
+class DKVCache(RefreshPolicy):
+    """dKV-Cache-Decode (Ma et al. 2025), delayed caching. Per block, steps 0 and 1 and every
+    `interval`-th step are full forwards; other steps recompute every still-masked position of
+    the canvas plus the positions revealed at the previous step (cached from the next step on,
+    once they carry their decoded identity); all other rows reuse K/V. Dream also recomputes a
+    row while the position it predicts (the next one) is masked."""
+
+    name: ClassVar[str] = "dkv"
+    interval: int = 8
+    _ctx: object = field(default=None, init=False, repr=False)
+    _prev: Tensor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0:
+            raise ValueError(f"interval must be > 0, got {self.interval}")
+
+    def reset(self, req) -> None:
+        self._ctx, self._prev = req, None
+
+    def observe(self, event) -> None:
+        ctx = self._ctx
+        prev = torch.zeros_like(ctx.canvas, dtype=torch.bool)
+        prev[:, ctx.cols(event.block)] = event.reveal
+        self._prev = prev
+
+    def plan(self, ctx) -> FixedPlan:
+        i = ctx.step_in_block
+        if i <= 1 or i % self.interval == 0 or self._prev is None:
+            return FixedPlan(all_rows(ctx))
+        masked = ctx.masked
+        rows = masked | self._prev
+        if ctx.logit_shift:
+            rows[:, :-1] |= masked[:, 1:]
+        return FixedPlan(rows)
+
+
+@dataclass
+class DLLMCache(RefreshPolicy):
+    """dLLM-Cache (Liu et al. 2025). A global forward counter t: prompt rows are recomputed when
+    t % kp == 0, response rows when t % kr == 0; in between, each layer recomputes the
+    int(G * rho) response rows whose fresh V is least cosine-similar to the cached V (V itself
+    is refreshed for every response row), and every other row adds its cached attention and
+    MLP contributions to its current input. `layer0_full`: the authors' later code always
+    recomputes layer 0."""
+
+    name: ClassVar[str] = "dllm-cache"
+    features: ClassVar[bool] = True
+    kp: int = 50
+    kr: int = 7
+    rho: float = 0.25
+    layer0_full: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kp <= 0 or self.kr <= 0:
+            raise ValueError(f"kp and kr must be > 0, got {self.kp}, {self.kr}")
+        if not 0 <= self.rho <= 1:
+            raise ValueError(f"rho must be in [0, 1], got {self.rho}")
+
+    def plan(self, ctx) -> DLLMCachePlan:
+        return DLLMCachePlan(self, ctx)
+
+
+@dataclass
+class DLLMCachePlan:
+    policy: DLLMCache
+    ctx: object
+
+    def fixed_rows(self) -> None:
+        return None
+
+    def rows(self, layer: int, probe: LayerProbe) -> Tensor | None:
+        p, ctx = self.policy, self.ctx
+        t = ctx.nfe  # forwards already run in this request
+        full = p.layer0_full and layer == 0
+        refresh_prompt = full or t % p.kp == 0
+        refresh_gen = full or t % p.kr == 0
+        if refresh_prompt and refresh_gen:
+            return None
+        P, G = ctx.gen_start, ctx.gen_len
+        mask = torch.zeros_like(ctx.canvas, dtype=torch.bool)
+        if refresh_prompt:
+            mask[:, :P] = True
+        if refresh_gen:
+            mask[:, P:] = True
+            return mask
+        n = int(G * p.rho)
+        if n > 0:
+            fresh = probe.values()[:, :, P:]  # [B, Hkv, G, Dh]
+            cached = probe.cache.v[layer][:, :, P:]
+            sim = torch.cosine_similarity(_flat_heads(fresh), _flat_heads(cached), dim=-1)  # [B, G]
+            pick = sim.topk(n, dim=-1, largest=False).indices
+            mask[:, P:].scatter_(1, pick, True)
+            probe.write_values = torch.zeros_like(mask)
+            probe.write_values[:, P:] = True
+        return mask
+
+
+def _flat_heads(v: Tensor) -> Tensor:
+    """[B, H, N, Dh] -> [B, N, H * Dh]: one vector per row, all heads concatenated."""
+    B, H, N, Dh = v.shape
+    return v.transpose(1, 2).reshape(B, N, H * Dh)
+
+
+REGISTRY.update({c.name: c for c in (DKVCache, DLLMCache)})

@@ -1,0 +1,62 @@
+"""Reveal rules on hand-written confidence tensors: exact selections, no model involved."""
+
+from __future__ import annotations
+
+import torch
+
+from unmask.policies.unmasking import Factor, Quota, Threshold, top_k_mask
+
+
+class Ctx:
+    def __init__(self, n0, steps, i):
+        from unmask.policies.blocks import Block
+
+        self.block_masked_at_start = torch.tensor(n0)
+        self.block = Block(0, 8, steps)
+        self.step_in_block = i
+
+
+def test_top_k_mask_picks_most_confident_masked_only():
+    conf = torch.tensor([[0.9, 0.1, 0.8, 0.7], [0.2, 0.3, 0.4, 0.5]])
+    masked = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    out = top_k_mask(conf, masked, torch.tensor([2, 1]))
+    assert out.tolist() == [[False, False, True, True], [False, False, False, True]]
+
+
+def test_quota_spreads_masks_like_llada():
+    # 5 masks over 3 steps: 2, 2, 1 (the first n mod S steps take one extra).
+    conf = torch.tensor([[0.1, 0.5, 0.3, 0.9, 0.2]])
+    masked = torch.ones(1, 5, dtype=torch.bool)
+    got = [Quota().select(conf, masked, Ctx([5], 3, i)).sum().item() for i in range(2)]
+    assert got == [2, 2]
+    last = Quota().select(conf, masked, Ctx([5], 3, 2))
+    assert last.sum().item() == 5  # the budget is spent: whatever is left goes
+
+
+def test_threshold_reveals_at_or_above_tau_plus_top1():
+    conf = torch.tensor([[0.95, 0.90, 0.89, 0.2], [0.5, 0.6, 0.1, 0.3]])
+    masked = torch.tensor([[True, True, True, True], [True, False, True, True]])
+    out = Threshold(tau=0.9).select(conf, masked, None)
+    assert out.tolist() == [[True, True, False, False], [True, False, False, False]]
+
+
+def test_factor_rule_thresholds_by_rank():
+    # Ranked: 0.99 (n=1, always), 0.70 (n=2: needs >= 1-1/3=0.667), 0.70 (n=3: needs >= 0.75) stop.
+    conf = torch.tensor([[0.70, 0.99, 0.70, 0.10, 0.05]])
+    masked = torch.ones(1, 5, dtype=torch.bool)
+    out = Factor(factor=1.0).select(conf, masked, None)
+    assert out.sum().item() == 2 and out[0, 1] and (out[0, 0] or out[0, 2])
+
+
+def test_factor_rule_failing_only_at_the_last_position_reveals_all():
+    # The authors' loop leaves its index on the last position when only that one fails.
+    conf = torch.tensor([[0.99, 0.98, 0.10]])
+    masked = torch.ones(1, 3, dtype=torch.bool)
+    assert Factor(factor=1.0).select(conf, masked, None).all()
+
+
+def test_factor_rule_ignores_revealed_positions():
+    conf = torch.tensor([[0.99, 0.2, 0.98, 0.97]])
+    masked = torch.tensor([[False, True, True, True]])
+    out = Factor(factor=1.0).select(conf, masked, None)
+    assert not out[0, 0]
