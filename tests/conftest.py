@@ -9,6 +9,10 @@ from unmask.models import load as ckpt
 from unmask.tokenizer import Tokenizer, build_tokenizer
 from unmask.train import TrainConfig, corpus, new_model
 
+# Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the spinning
+# OpenMP workers make every forward tens of times slower.
+torch.set_num_threads(1)
+
 
 def make_checkpoint(root, family: str, seed: int = 0, shard: int | None = None, **arch):
     shape = {"d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4, "mlp_hidden": 64}

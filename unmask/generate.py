@@ -153,9 +153,12 @@ def stream_generate(
     device = next(model.parameters()).device
     recipe = recipe.fresh()
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    G = recipe.gen_len or gen_len or DEFAULT_GEN_LEN
+    G = next(n for n in (recipe.gen_len, gen_len, DEFAULT_GEN_LEN) if n is not None)
     if G <= 0:
         raise ValueError(f"gen_len must be > 0, got {G}")
+    L = DEFAULT_BLOCK_LEN if block_len is None else block_len
+    if L <= 0:
+        raise ValueError(f"block_len must be > 0, got {L}")
     ids = encode_prompts(lm, prompts, chat)
     B, P = len(ids), max(len(i) for i in ids)
     T = P + G
@@ -187,7 +190,7 @@ def stream_generate(
         canvas=canvas,
         gen_start=P,
         gen_len=G,
-        block_len=block_len or DEFAULT_BLOCK_LEN,
+        block_len=L,
         prompt_lens=lens,
         n_layers=a.n_layers,
         mask_id=a.mask_id,
@@ -225,6 +228,7 @@ def stream_generate(
         cache.warm = True
         ctx.nfe += 1
         logits = model.compute_logits(hidden)  # [B, L, V]
+        logits[..., a.mask_id] = float("-inf")  # MASK is never a candidate: reveals are final
         # 4) score
         cand, conf = recipe.scorer.score(logits, ctx)  # [B, L]
         # 5) unmask: the rule proposes, the engine enforces masked-only and >= 1 per live row
@@ -333,6 +337,7 @@ def reference_generate(
             logits = model(x)[0]
             if a.logit_shift:
                 logits = torch.cat([logits[:1], logits[:-1]])
+            logits[:, a.mask_id] = float("-inf")
             probs = torch.softmax(logits.float(), -1)
             cand = probs.argmax(-1)
             conf = probs.gather(-1, cand[:, None])[:, 0]

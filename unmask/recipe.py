@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from unmask.policies import blocks, refresh, scoring, unmasking
-from unmask.policies.base import Policy, SpecError, build, fresh
+from unmask.policies.base import Policy, SpecError, build, fmt_float, fresh
 
 ROLES = {
     "blocks": blocks.REGISTRY,
@@ -67,7 +67,7 @@ class Recipe:
         items = [f"{p.role}={p.spec}" for p in self.policies]
         if self.gen_len is not None:
             items.append(f"gen_len={self.gen_len}")
-        items += [f"temperature={self.temperature:g}", f"seed={self.seed}"]
+        items += [f"temperature={fmt_float(self.temperature)}", f"seed={self.seed}"]
         if self.eos_exit:
             items.append("eos_exit=true")
         return "+".join(items)
@@ -114,6 +114,6 @@ def parse(spec: str) -> Recipe:
             raise SpecError(f"unknown recipe key {key!r}; keys: {', '.join([*ROLES, *SCALARS])}")
     if recipe.gen_len is not None and recipe.gen_len <= 0:
         raise SpecError(f"gen_len must be > 0, got {recipe.gen_len}")
-    if recipe.temperature < 0:
+    if not 0 <= recipe.temperature < float("inf"):  # NaN and inf too
         raise SpecError(f"temperature must be >= 0, got {recipe.temperature}")
     return recipe

@@ -166,7 +166,10 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
         saved = TrainConfig(**state["config"])
         if saved.family != cfg.family:
             raise ValueError(f"{out} holds a {saved.family} run; pass a fresh --out")
+        # What may change across a resume: length, cadence, threads, batch size (the data stream
+        # is indexed by step, so a new batch size just draws other samples).
         saved.steps, saved.save_every, saved.threads = cfg.steps, cfg.save_every, cfg.threads
+        saved.batch = cfg.batch
         cfg = saved
     else:
         state = None

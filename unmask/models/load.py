@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from unmask.models import dream, llada
@@ -108,13 +108,22 @@ def weight_files(path: Path) -> dict[str, Path]:
     """Checkpoint tensor name -> the safetensors file holding it."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: not a valid index ({type(e).__name__}: {e})") from None
         return {name: path / fname for name, fname in weight_map.items()}
     single = path / "model.safetensors"
     if not single.is_file():
         raise CheckpointError(f"{path}: neither model.safetensors nor model.safetensors.index.json")
-    with safe_open(single, framework="pt") as f:
-        return dict.fromkeys(f.keys(), single)
+    return dict.fromkeys(open_weights(single, "cpu").keys(), single)
+
+
+def open_weights(fpath: Path, device: str):
+    try:
+        return safe_open(fpath, framework="pt", device=device)
+    except SafetensorError as e:
+        raise CheckpointError(f"{fpath}: not a readable safetensors file ({e})") from None
 
 
 def default_dtype(device: torch.device, cfg: dict) -> torch.dtype:
@@ -152,7 +161,7 @@ def load(
             if not fpath.is_file():
                 raise CheckpointError(f"{path}: shard {fpath.name} listed in the index is missing")
             if fpath not in handles:
-                handles[fpath] = safe_open(fpath, framework="pt", device=str(device))
+                handles[fpath] = open_weights(fpath, str(device))
             t = handles[fpath].get_tensor(hub)
             if tuple(t.shape) != tuple(params[ours].shape):
                 raise CheckpointError(

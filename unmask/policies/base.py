@@ -37,7 +37,14 @@ def _fmt(v: Any) -> str:
         return "true" if v else "false"
     if v is None:
         return "none"
+    if isinstance(v, float):
+        return fmt_float(v)
     return str(v)
+
+
+def fmt_float(v: float) -> str:
+    """Shortest exact spelling, without '+' (specs are joined with '+'): 0.9, 1e16, 0."""
+    return repr(v).removesuffix(".0").replace("e+", "e")
 
 
 def _convert(cls: type, key: str, raw: str, annotation: Any) -> Any:

@@ -1,0 +1,113 @@
+"""Tests for unmask/recipe.py: spec strings (presets, `+` items, errors) and their round trip.
+
+Policy behaviour is tested in the policies' own test files; here only how recipes are spelled.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from unmask.policies.base import SpecError
+from unmask.recipe import PRESETS, Recipe, parse
+
+VANILLA = (
+    "blocks=fixed:len=none,steps=none+refresh=none+scorer=maxprob+unmask=quota+temperature=0+seed=0"
+)
+
+
+def test_vanilla_expands_to_every_hyperparameter():
+    r = parse("vanilla")
+    assert r.name == "vanilla"
+    assert r.spec == VANILLA
+    assert (r.gen_len, r.temperature, r.seed, r.eos_exit) == (None, 0.0, 0, False)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_round_trip(name):
+    r = parse(name)
+    assert r.name == name
+    again = parse(r.spec)
+    assert again.spec == r.spec
+    assert again.policies == r.policies
+    assert [p.role for p in r.policies] == ["blocks", "refresh", "scorer", "unmask"]
+
+
+def test_items_override_the_preset_in_order():
+    spec = "vanilla+blocks=fixed:len=8,steps=12+gen_len=20+gen_len=24+temperature=0.5+seed=3"
+    r = parse(spec)
+    assert r.name == spec
+    assert (r.blocks.len, r.blocks.steps) == (8, 12)
+    assert (r.gen_len, r.temperature, r.seed) == (24, 0.5, 3)
+    assert r.spec == (
+        "blocks=fixed:len=8,steps=12+refresh=none+scorer=maxprob+unmask=quota"
+        "+gen_len=24+temperature=0.5+seed=3"
+    )
+    assert parse(r.spec).spec == r.spec
+
+
+def test_items_without_a_preset_start_from_the_defaults():
+    r = parse("unmask=quota+blocks=fixed:len=4")
+    assert r.spec == VANILLA.replace("fixed:len=none", "fixed:len=4")
+
+
+def test_spaces_and_booleans():
+    r = parse(" vanilla + gen_len = 8 + eos_exit=yes ")
+    assert (r.gen_len, r.eos_exit) == (8, True)
+    assert r.spec.endswith("+gen_len=8+temperature=0+seed=0+eos_exit=true")
+    assert parse(r.spec).eos_exit is True
+    assert parse("vanilla+eos_exit=off").eos_exit is False
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "vanilla+temperature=0.7+seed=11",
+        "vanilla+temperature=0.123456789",
+        "vanilla+temperature=1e-7+gen_len=5",
+    ],
+)
+def test_spec_rebuilds_the_same_recipe(spec):
+    r = parse(spec)
+    again = parse(r.spec)
+    assert again.spec == r.spec
+    assert (again.gen_len, again.temperature, again.seed) == (r.gen_len, r.temperature, r.seed)
+
+
+def test_hand_built_recipe_round_trips():
+    r = Recipe("mine", gen_len=7, temperature=0.25, seed=5)
+    assert parse(r.spec).spec == r.spec
+    assert parse(r.spec).fresh().spec == r.spec
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("", "empty recipe spec"),
+        ("  ", "empty recipe spec"),
+        ("nope", "unknown recipe 'nope'; presets: vanilla"),
+        ("nope+gen_len=8", "unknown recipe 'nope'"),
+        ("gen_len=8+vanilla", "recipe item 'vanilla' is not key=value"),
+        ("vanilla+foo=1", "unknown recipe key 'foo'; keys: blocks, refresh, scorer, unmask"),
+        ("vanilla+refresh=nope", "unknown refresh policy 'nope'; known: "),
+        ("vanilla+unmask=", "unknown unmask policy ''"),
+        ("vanilla+blocks=fixed:foo=1", "fixed: unknown parameter 'foo' (parameters: len, steps)"),
+        ("vanilla+blocks=fixed:len", "fixed: expected key=value, got 'len'"),
+        ("vanilla+blocks=fixed:len=abc", "fixed: len='abc' is not a valid int"),
+        ("vanilla+blocks=fixed:len=2.5", "fixed: len='2.5' is not a valid int"),
+        ("vanilla+blocks=fixed:len=0", "fixed: len must be > 0, got 0"),
+        ("vanilla+blocks=fixed:steps=-2", "fixed: steps must be > 0, got -2"),
+        ("vanilla+unmask=threshold:tau=high", "threshold: tau='high' is not a valid float"),
+        ("gen_len=-1", "gen_len must be > 0, got -1"),
+        ("vanilla+gen_len=0", "gen_len must be > 0, got 0"),
+        ("vanilla+gen_len=abc", "gen_len='abc' is not a valid int"),
+        ("vanilla+seed=1.5", "seed='1.5' is not a valid int"),
+        ("vanilla+temperature=-1", "temperature must be >= 0, got -1.0"),
+        ("vanilla+temperature=nan", "temperature"),
+        ("vanilla+eos_exit=maybe", "eos_exit='maybe' is not a valid true/false"),
+    ],
+)
+def test_bad_specs(spec, message):
+    with pytest.raises(SpecError) as e:
+        parse(spec)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
