@@ -18,7 +18,7 @@ from torch import Tensor
 from unmask.cache import Cache
 from unmask.models.load import Loaded
 from unmask.policies.blocks import Block
-from unmask.policies.refresh import FixedPlan, FullLayeredPlan
+from unmask.policies.refresh import ColdStart, FixedPlan
 from unmask.policies.unmasking import top_k_mask
 from unmask.recipe import Recipe
 
@@ -45,6 +45,9 @@ class StepContext:
     block: Block | None = None
     step_in_block: int = 0
     block_masked_at_start: Tensor | None = None  # [B] masked positions when the block began
+    logits: Tensor | None = None  # [B, L, V] this step's logits of the block's positions
+    gen_logits: Tensor | None = None  # [B, G, V] of every generated position, computed only when
+    # a policy sets `gen_logits = True`
 
     @property
     def batch(self) -> int:
@@ -138,6 +141,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@torch.no_grad()
 def stream_generate(
     lm: Loaded,
     prompts: str | list[str],
@@ -204,6 +208,7 @@ def stream_generate(
     rows = torch.zeros(B, dtype=torch.long)
     shift = 1 if a.logit_shift else 0
     stop_ids = torch.tensor(lm.stop_ids, device=device)
+    wants_gen_logits = any(getattr(p, "gen_logits", False) for p in recipe.policies)
 
     while True:
         alive = ctx.masked[:, P:].any(-1).cpu()  # [B] rows still decoding
@@ -219,16 +224,22 @@ def stream_generate(
         if cache.warm:
             plan = recipe.refresh.plan(ctx)
         elif recipe.refresh.features:
-            plan = FullLayeredPlan()
+            plan = ColdStart(recipe.refresh.plan(ctx))
         else:
             plan = FixedPlan(torch.ones_like(canvas, dtype=torch.bool))
         # 3) forward: hidden states of the decision rows only (Dream reads position p at p-1)
-        out_rows = torch.arange(cols.start - shift, cols.stop - shift, device=device).expand(B, -1)
+        # (a policy may ask for every generated position's logits, e.g. APD's thresholds)
+        lo, hi = (P, P + G) if wants_gen_logits else (cols.start, cols.stop)
+        out_rows = torch.arange(lo - shift, hi - shift, device=device).expand(B, -1)
         hidden, step_rows = model.run(canvas, pos, key_mask, plan, cache, out_rows)
         cache.warm = True
         ctx.nfe += 1
-        logits = model.compute_logits(hidden)  # [B, L, V]
+        logits = model.compute_logits(hidden)  # [B, hi - lo, V]
         logits[..., a.mask_id] = float("-inf")  # MASK is never a candidate: reveals are final
+        if wants_gen_logits:
+            ctx.gen_logits = logits  # [B, G, V]
+            logits = logits[:, cols.start - P : cols.stop - P]
+        ctx.logits = logits  # [B, L, V]
         # 4) score
         cand, conf = recipe.scorer.score(logits, ctx)  # [B, L]
         # 5) unmask: the rule proposes, the engine enforces masked-only and >= 1 per live row

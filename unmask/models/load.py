@@ -172,7 +172,7 @@ def load(
     finally:
         handles.clear()
     model.load_state_dict(state, assign=True)
-    model.eval()
+    model.eval().requires_grad_(False)
     try:
         tokenizer = Tokenizer.from_dir(path)
     except (OSError, ValueError) as e:

@@ -42,6 +42,21 @@ class FullLayeredPlan:
 
 
 @dataclass
+class ColdStart:
+    """Every row at every layer (the cache is empty), while the policy's own plan still sees
+    each layer's probe, so that per-layer state (previous inputs) starts from this step."""
+
+    inner: object
+
+    def fixed_rows(self) -> None:
+        return None
+
+    def rows(self, layer: int, probe: LayerProbe) -> None:
+        self.inner.rows(layer, probe)
+        return None
+
+
+@dataclass
 class RefreshPolicy(Policy):
     role: ClassVar[str] = "refresh"
     # True when plans differ per layer and reuse cached attention/MLP contributions.
@@ -208,3 +223,163 @@ def _flat_heads(v: Tensor) -> Tensor:
 
 
 REGISTRY.update({c.name: c for c in (DKVCache, DLLMCache)})
+
+
+@dataclass
+class DCU(RefreshPolicy):
+    """Dynamic-dLLM's Dynamic Cache Updating. Each layer recomputes a mandatory window of
+    `window`+1 generated positions around the key token (the last revealed position) plus the
+    `budget` generated rows whose layer input moved most since the previous step (cosine
+    distance of the normalised input; proxy=v: of V, as the released code). Paper form: layer
+    budgets proportional to each layer's mean movement at the previous step, summing to
+    budget * n_layers; alloc=uniform is the released code's. budget/window default to
+    gen_len/8. Prompt rows are recomputed every `prompt_interval` steps, all generated rows every
+    `gen_interval` (none: never after the first step); the rest add cached contributions."""
+
+    name: ClassVar[str] = "dcu"
+    features: ClassVar[bool] = True
+    budget: int | None = None
+    window: int | None = None
+    proxy: str = "x"
+    alloc: str = "proportional"
+    layer0_full: bool = False
+    prompt_interval: int | None = None
+    gen_interval: int | None = None
+    _ctx: object = field(default=None, init=False, repr=False)
+    _prev_in: list = field(default_factory=list, init=False, repr=False)
+    _s_prev: Tensor | None = field(default=None, init=False, repr=False)
+    _s_now: Tensor | None = field(default=None, init=False, repr=False)
+    _key: Tensor | None = field(default=None, init=False, repr=False)
+    info: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.proxy not in ("x", "v"):
+            raise ValueError(f"proxy must be x or v, got {self.proxy!r}")
+        if self.alloc not in ("proportional", "uniform"):
+            raise ValueError(f"alloc must be proportional or uniform, got {self.alloc!r}")
+        for k in ("budget", "window", "prompt_interval", "gen_interval"):
+            v = getattr(self, k)
+            if v is not None and v < (1 if k.endswith("interval") else 0):
+                raise ValueError(f"{k} must be {'> 0' if k.endswith('interval') else '>= 0'}")
+
+    def reset(self, req) -> None:
+        self._ctx = req
+        self._prev_in = [None] * req.n_layers
+        self._s_prev = None
+        self._s_now = None
+        self._key = torch.full((req.batch,), -1, dtype=torch.long, device=req.canvas.device)
+        self.info = {}
+
+    def sizes(self, ctx) -> tuple[int, int]:
+        auto = max(1, ctx.gen_len // 8)
+        return (
+            auto if self.budget is None else self.budget,
+            auto if self.window is None else self.window,
+        )
+
+    def plan(self, ctx) -> DCUPlan:
+        if self._s_now is not None:
+            self._s_prev = self._s_now
+        self._s_now = torch.zeros(ctx.n_layers)
+        budget, window = self.sizes(ctx)
+        room = ctx.gen_len - window_span(window, ctx.gen_len)  # rows outside the window
+        if self.alloc == "uniform" or self._s_prev is None or float(self._s_prev.sum()) <= 0:
+            budgets = [min(budget, room)] * ctx.n_layers
+        else:
+            budgets = water_fill(self._s_prev, budget * ctx.n_layers, room)
+        return DCUPlan(self, ctx, budgets)
+
+    def observe(self, event) -> None:
+        # Key token: the rightmost position revealed at this step (kept when none was).
+        ctx = self._ctx
+        offs = torch.arange(event.block.start, event.block.end, device=event.reveal.device)
+        right = torch.where(event.reveal, offs, -1).amax(-1)  # [B]
+        self._key = torch.where(right >= 0, right, self._key)
+        budget, window = self.sizes(ctx)
+        self.info = {"dcu_budget": budget, "dcu_window": window}
+
+
+def window_span(window: int, G: int) -> int:
+    """Rows in the mandatory window: [p - W/2, p + W/2] holds W+1 positions; W = 0: none."""
+    return min(window + 1, G) if window > 0 else 0
+
+
+def window_mask(key: Tensor, window: int, G: int) -> Tensor:
+    """[B, G] the window around each row's key position (-1: none revealed yet, the window
+    starts at 0), shifted to stay inside the generated region rather than shrunk."""
+    span = window_span(window, G)
+    start = (key - window // 2).clamp(min=0, max=G - span)
+    offs = torch.arange(G, device=key.device)
+    return (offs >= start[:, None]) & (offs < start[:, None] + span)
+
+
+def water_fill(weights: Tensor, total: int, cap: int) -> list[int]:
+    """Split `total` over layers in proportion to `weights`, no layer above `cap`; what a capped
+    layer cannot take goes to the others in proportion (so a total >= cap * n gives every layer
+    all its rows). Floors each share: the sum may fall short of `total` by < n rows."""
+    w = weights.double().clamp(min=0)
+    out = torch.zeros_like(w)
+    active = torch.ones_like(w, dtype=torch.bool)
+    left = float(total)
+    while bool(active.any()) and left > 0 and float(w[active].sum()) > 0:
+        share = torch.where(active, left * w / w[active].sum(), torch.zeros_like(w))
+        full = active & (share >= cap)
+        if not bool(full.any()):
+            out += share
+            break
+        out[full] = cap
+        left -= cap * int(full.sum())
+        active &= ~full
+    return [int(v) for v in out.floor()]
+
+
+@dataclass
+class DCUPlan:
+    policy: DCU
+    ctx: object
+    budgets: list[int]  # rows outside the window, per layer
+
+    def fixed_rows(self) -> None:
+        return None
+
+    def rows(self, layer: int, probe: LayerProbe) -> Tensor | None:
+        p, ctx = self.policy, self.ctx
+        P, G = ctx.gen_start, ctx.gen_len
+        if p.proxy == "x":
+            now = probe.normed[:, P:]  # [B, G, D]
+            prev = p._prev_in[layer]
+            p._prev_in[layer] = now
+            if prev is None:
+                return None
+            moved = 1 - torch.cosine_similarity(now, prev, dim=-1)  # [B, G]
+        else:
+            fresh = _flat_heads(probe.values()[:, :, P:])
+            moved = 1 - torch.cosine_similarity(
+                fresh, _flat_heads(probe.cache.v[layer][:, :, P:]), -1
+            )
+            probe.write_values = torch.zeros_like(ctx.canvas, dtype=torch.bool)
+            probe.write_values[:, P:] = True
+        p._s_now[layer] = moved.mean().float().cpu()
+        t = ctx.nfe
+        if p.layer0_full and layer == 0:
+            return None
+        refresh_prompt = p.prompt_interval is not None and t % p.prompt_interval == 0
+        refresh_gen = p.gen_interval is not None and t % p.gen_interval == 0
+        if refresh_prompt and refresh_gen:
+            return None
+        mask = torch.zeros_like(ctx.canvas, dtype=torch.bool)
+        if refresh_prompt:
+            mask[:, :P] = True
+        if refresh_gen:
+            mask[:, P:] = True
+            return mask
+        win = window_mask(p._key, p.sizes(ctx)[1], G)  # [B, G]
+        n = self.budgets[layer]
+        if n > 0:
+            pick = moved.masked_fill(win, float("-inf")).topk(n, dim=-1).indices
+            win = win.scatter(1, pick, True)
+        mask[:, P:] |= win
+        return mask
+
+
+REGISTRY.update({c.name: c for c in (DCU,)})

@@ -6,7 +6,7 @@ the block. LLaDA's per-step quota here; threshold, factor, APD and CadLLM's tau_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -88,3 +88,62 @@ class Factor(UnmaskRule):
 
 
 REGISTRY: dict[str, type[UnmaskRule]] = {c.name: c for c in (Quota, Threshold, Factor)}
+
+
+@dataclass
+class APD(UnmaskRule):
+    """Dynamic-dLLM's Adaptive Parallel Decoding: every position keeps its own threshold, from
+    tau at the request start, moved each step by tau_i -= alpha*c_i - beta*H_i, where c_i = 1 -
+    the runner-up probability and H_i = 1 - cos(p_i, p_i at the previous step). A masked
+    position of the block is revealed when its confidence >= tau_i (the top-1 always).
+    scope=gen: every generated position's threshold moves at every step, future blocks too (the
+    released code's per-token mode, needs all positions' logits); scope=block: only the block's."""
+
+    name: ClassVar[str] = "apd"
+    tau: float = 0.9
+    alpha: float = 0.001
+    beta: float = 0.0008
+    scope: str = "gen"
+    _thr: Tensor | None = field(default=None, init=False, repr=False)
+    _prev: Tensor | None = field(default=None, init=False, repr=False)
+    _seen: Tensor | None = field(default=None, init=False, repr=False)
+    info: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.scope not in ("gen", "block"):
+            raise ValueError(f"scope must be gen or block, got {self.scope!r}")
+
+    @property
+    def gen_logits(self) -> bool:
+        return self.scope == "gen"
+
+    def reset(self, req) -> None:
+        self._thr = torch.full((req.batch, req.gen_len), self.tau, device=req.canvas.device)
+        self._prev = self._seen = None
+        self.info = {}
+
+    def select(self, conf: Tensor, masked: Tensor, ctx) -> Tensor:
+        lo, hi = ctx.block.start, ctx.block.end
+        if self.scope == "gen":
+            logits, span = ctx.gen_logits, slice(0, ctx.gen_len)
+        else:
+            logits, span = ctx.logits, slice(lo, hi)
+        probs = torch.softmax(logits.float(), dim=-1)  # [B, S, V]
+        if self._prev is None:
+            B, G = self._thr.shape
+            self._prev = torch.zeros(B, G, probs.shape[-1], device=probs.device)
+            self._seen = torch.zeros(B, G, dtype=torch.bool, device=probs.device)
+        seen = self._seen[:, span]
+        runner_up = probs.topk(2, dim=-1).values[..., 1]  # [B, S]
+        c = 1 - runner_up
+        h = 1 - torch.cosine_similarity(probs, self._prev[:, span], dim=-1)
+        step = torch.where(seen, self.alpha * c - self.beta * h, torch.zeros_like(c))
+        self._thr[:, span] -= step
+        self._prev[:, span] = probs
+        self._seen[:, span] = True
+        thr = self._thr[:, lo:hi]
+        self.info = {"apd_tau_mean": float(thr[masked].mean()) if bool(masked.any()) else None}
+        return top1(conf, masked) | ((conf >= thr) & masked)
+
+
+REGISTRY.update({c.name: c for c in (APD,)})

@@ -1,0 +1,107 @@
+"""Refresh policies and the rules built on per-step state: exactness against the no-cache path
+when told to refresh everything, DCU's window and budgets, APD's reduction to a threshold."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unmask.generate import generate, stream_generate
+from unmask.policies.refresh import water_fill, window_mask
+from unmask.recipe import parse
+
+THRESHOLD = "vanilla+unmask=threshold:tau=0.3"
+PROMPT = "Question: Tom has 3 apples. He buys 2 more. How many apples does Tom have?\nAnswer:"
+
+
+def ids(lm, spec, gen_len=24, block_len=8):
+    return generate(lm, PROMPT, parse(spec), gen_len=gen_len, block_len=block_len)[0]
+
+
+@pytest.mark.parametrize(
+    "spec,reference",
+    [
+        ("vanilla+blocks=fixed:len=1+refresh=dual", "vanilla+blocks=fixed:len=1"),
+        ("vanilla+blocks=fixed:len=1+refresh=prefix", "vanilla+blocks=fixed:len=1"),
+        ("vanilla+refresh=dkv:interval=1", "vanilla"),
+        ("vanilla+refresh=dllm-cache:kp=1,kr=1", "vanilla"),
+        ("vanilla+refresh=dllm-cache:kp=1,kr=1000,rho=1", "vanilla"),
+        ("vanilla+refresh=dcu:budget=24,window=4,prompt_interval=1", "vanilla"),
+        ("vanilla+refresh=dcu:budget=24,window=4,prompt_interval=1,proxy=v", "vanilla"),
+        ("vanilla+refresh=dcu:budget=24,prompt_interval=1,alloc=uniform", "vanilla"),
+        ("vanilla+unmask=apd:tau=0.3,alpha=0,beta=0", "vanilla+unmask=threshold:tau=0.3"),
+        (
+            "vanilla+unmask=apd:tau=0.3,alpha=0,beta=0,scope=block",
+            "vanilla+unmask=threshold:tau=0.3",
+        ),
+    ],
+)
+def test_refresh_everything_equals_no_cache(tiny_loaded, spec, reference):
+    got, want = ids(tiny_loaded, spec), ids(tiny_loaded, reference)
+    assert got.ids == want.ids
+    if "apd" not in spec:
+        assert got.metrics.rows == want.metrics.rows  # truly every row, every layer
+
+
+def test_dual_with_one_block_and_tau_above_one_reveals_one_per_step(tiny_loaded):
+    out = ids(tiny_loaded, "fast-dllm+blocks=fixed:len=24+unmask=threshold:tau=1.01")
+    assert out.metrics.nfe == 24
+
+
+@pytest.mark.parametrize("spec", ["fast-dllm", "dkv-cache", "dllm-cache", "dynamic-dllm"])
+def test_caches_compute_fewer_rows_than_vanilla(tiny_loaded, spec):
+    assert ids(tiny_loaded, spec).metrics.rows < ids(tiny_loaded, "vanilla").metrics.rows
+
+
+def test_window_mask_is_shifted_not_shrunk():
+    key = torch.tensor([-1, 0, 5, 9])
+    got = window_mask(key, window=4, G=10).int().tolist()
+    assert got == [
+        [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+        [0, 0, 0, 1, 1, 1, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0, 1, 1, 1, 1, 1],
+    ]
+    assert not window_mask(key, window=0, G=10).any()
+
+
+def test_water_fill_is_proportional_capped_and_conserves_what_fits():
+    assert water_fill(torch.tensor([1.0, 1.0, 2.0]), 8, cap=10) == [2, 2, 4]
+    # The third layer is capped at 5; its excess goes to the others in proportion.
+    assert water_fill(torch.tensor([1.0, 1.0, 6.0]), 12, cap=5) == [3, 3, 5]
+    assert water_fill(torch.tensor([0.1, 0.9]), 100, cap=7) == [7, 7]
+
+
+def window_moves(lm, spec) -> list[bool]:
+    """For consecutive steps: did the confidences of the still-masked positions next to the key
+    token (the last revealed one, +-2) change? (Positions whose left neighbour is revealed are
+    skipped: Dream reads position p at p-1, whose own embedding changed.)"""
+    events = list(stream_generate(lm, PROMPT, parse(spec), gen_len=16, block_len=16))
+    out = []
+    for a, b in zip(events, events[1:], strict=False):
+        key = int(a.reveal[0].nonzero().max())
+        near = torch.zeros_like(b.masked)
+        near[:, max(0, key - 2) : key + 3] = True
+        keep = near & b.masked
+        keep[:, 1:] &= b.masked[:, :-1]
+        if keep.any():
+            out.append(not torch.equal(a.conf[keep], b.conf[keep]))
+    return out
+
+
+def test_window_unsticks_the_key_token(tiny_loaded):
+    """Without a window (and no budget) a masked token's layer inputs never change, so the
+    proxy never selects it and its prediction stays frozen however its context changes ("stuck
+    in the mud"). The mandatory window recomputes the key token's neighbourhood every step."""
+    stuck = window_moves(tiny_loaded, "vanilla+refresh=dcu:budget=0,window=0")
+    assert len(stuck) > 3 and not any(stuck)
+    moving = window_moves(tiny_loaded, "vanilla+refresh=dcu:budget=0,window=4")
+    assert len(moving) > 3 and all(moving)
+
+
+def test_eos_exit_keeps_the_answer_text(tiny_loaded):
+    for spec in ["vanilla", "fast-dllm", "dynamic-dllm"]:
+        a = ids(tiny_loaded, spec, gen_len=32)
+        b = ids(tiny_loaded, spec + "+eos_exit=true", gen_len=32)
+        assert a.text == b.text
+        assert b.metrics.nfe <= a.metrics.nfe
