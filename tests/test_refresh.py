@@ -10,7 +10,7 @@ from unmask.generate import generate, stream_generate
 from unmask.policies.refresh import water_fill, window_mask
 from unmask.recipe import parse
 
-THRESHOLD = "vanilla+unmask=threshold:tau=0.3"
+THRESHOLD = "vanilla+unmask=threshold:tau=0.3,dream_first=false"
 PROMPT = "Question: Tom has 3 apples. He buys 2 more. How many apples does Tom have?\nAnswer:"
 
 

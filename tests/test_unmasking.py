@@ -14,6 +14,7 @@ class Ctx:
         self.block_masked_at_start = torch.tensor(n0)
         self.block = Block(0, 8, steps)
         self.step_in_block = i
+        self.logit_shift = False
 
 
 def test_top_k_mask_picks_most_confident_masked_only():
@@ -36,7 +37,7 @@ def test_quota_spreads_masks_like_llada():
 def test_threshold_reveals_at_or_above_tau_plus_top1():
     conf = torch.tensor([[0.95, 0.90, 0.89, 0.2], [0.5, 0.6, 0.1, 0.3]])
     masked = torch.tensor([[True, True, True, True], [True, False, True, True]])
-    out = Threshold(tau=0.9).select(conf, masked, None)
+    out = Threshold(tau=0.9).select(conf, masked, Ctx([4, 3], 4, 1))
     assert out.tolist() == [[True, True, False, False], [True, False, False, False]]
 
 

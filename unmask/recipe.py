@@ -1,7 +1,8 @@
 """Recipe = one policy per role + gen_len, temperature, seed; spec strings and named presets.
 
 A recipe spec is a preset name and/or `role=policy-spec` items joined by `+`, e.g.
-`vanilla`, `vanilla+unmask=quota+gen_len=128`, `blocks=fixed:len=16+refresh=none+...`.
+`vanilla`, `fast-dllm+unmask=threshold:tau=0.7`, `blocks=fixed:len=16+refresh=none+...`.
+An item naming the policy a role already has changes only the parameters it gives.
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ PRESETS: dict[str, str] = {
     # window 32, layer 0 always recomputed, prompt/response refresh intervals 5000 (never).
     "dynamic-dllm-code": "vanilla+blocks=fixed:len=8+refresh=dcu:budget=32,window=32,proxy=v,"
     "alloc=uniform,layer0_full=true,prompt_interval=5000,gen_interval=5000",
+    # CadLLM (Shen et al. 2026), released LLaDA GSM8K script: B 24 in [4, 64], S 24..90, top-V
+    # confidence, tau sawtooth 0.85 -> 0.40, over Fast-dLLM's dual cache.
+    "cadllm": "vanilla+blocks=cadllm:init_len=24,min_len=4,max_len=64,init_steps=24,max_steps=90"
+    "+refresh=dual+scorer=topv+unmask=cadllm",
+    # The released Dream scripts: B 24 (the scripts' 16 is never forwarded) in [8, 48], S 24..70.
+    "cadllm-dream": "cadllm+blocks=cadllm:init_len=24,min_len=8,max_len=48,init_steps=24,"
+    "max_steps=70",
+    # The paper's leave-one-out ablation: each controller off alone.
+    "cadllm-no-block": "cadllm+blocks=cadllm:adaptive_len=false",
+    "cadllm-no-steps": "cadllm+blocks=cadllm:adaptive_steps=false",
+    "cadllm-no-vocab": "cadllm+scorer=topv:adaptive=false",
+    "cadllm-no-threshold": "cadllm+unmask=quota",
 }
 
 
@@ -112,7 +125,7 @@ def parse(spec: str) -> Recipe:
         if not eq:
             raise SpecError(f"recipe item {item!r} is not key=value (a preset comes first only)")
         if key in ROLES:
-            setattr(recipe, key, build(ROLES[key], key, value))
+            setattr(recipe, key, build(ROLES[key], key, value, base=getattr(recipe, key)))
         elif key in SCALARS:
             try:
                 setattr(recipe, key, SCALARS[key](value))

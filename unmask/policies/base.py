@@ -69,14 +69,19 @@ def _convert(cls: type, key: str, raw: str, annotation: Any) -> Any:
     return raw
 
 
-def build(registry: dict[str, type[Policy]], role: str, spec: str) -> Policy:
-    """`name` or `name:key=value,key=value` -> a policy instance of `role`."""
+def build(
+    registry: dict[str, type[Policy]], role: str, spec: str, base: Policy | None = None
+) -> Policy:
+    """`name` or `name:key=value,key=value` -> a policy instance of `role`. When `base` is a
+    policy of the same name, unspecified parameters keep its values (overrides merge)."""
     name, _, params = spec.strip().partition(":")
     cls = registry.get(name)
     if cls is None:
         raise SpecError(f"unknown {role} policy {name!r}; known: {', '.join(sorted(registry))}")
     init = {f.name: f for f in fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
+    if base is not None and base.name == name:
+        kwargs = {k: getattr(base, k) for k in init}
     for item in filter(None, (p.strip() for p in params.split(","))):
         key, eq, raw = item.partition("=")
         key = key.strip().replace("-", "_")
@@ -95,3 +100,23 @@ def build(registry: dict[str, type[Policy]], role: str, spec: str) -> Policy:
 def fresh(policy: Policy) -> Policy:
     """A copy with the same hyperparameters and clean per-request state."""
     return dataclasses.replace(policy)
+
+
+@dataclass
+class ConfidenceHistory:
+    """CadLLM's feedback signal: after every forward, the mean confidence of the block positions
+    that were masked before that step's reveals (batch-averaged; the reference runs batch 1).
+    Dream's block-start forward, which reveals the block's first token unconditionally, adds
+    nothing. Kept by each policy that reads it, from the same step events."""
+
+    values: list[float] = dataclasses.field(default_factory=list)
+
+    def observe(self, event: Any, dream: bool) -> None:
+        if dream and event.step_in_block == 0:
+            return
+        if bool(event.masked.any()):
+            self.values.append(float(event.conf[event.masked].double().mean()))
+
+    def mean(self, last: int) -> float:
+        tail = self.values[-last:]
+        return sum(tail) / len(tail)

@@ -1,14 +1,16 @@
 """BlockSchedule policies: where the next semi-autoregressive block ends and its step budget.
 
-Fixed LLaDA blocks here; adaptive schedules (CadLLM's B_t, S_t) join this module.
+Fixed LLaDA blocks and CadLLM's confidence-driven B_t and S_t.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
-from unmask.policies.base import Policy
+import torch
+
+from unmask.policies.base import ConfidenceHistory, Policy
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,60 @@ class FixedBlocks(BlockSchedule):
 
 
 REGISTRY: dict[str, type[BlockSchedule]] = {c.name: c for c in (FixedBlocks,)}
+
+
+@dataclass
+class AdaptiveBlocks(BlockSchedule):
+    """CadLLM's B_t and S_t (released code): the first block is `init_len` long with `init_steps`;
+    later blocks grow with the mean confidence c of the last two forwards,
+    B = min_len + int((max_len - min_len) * c), and their step budget grows as c falls,
+    S = int(s * B / init_len) with s = init_steps + int((max_steps - init_steps) * (1 - c)).
+    With a threshold rule S only sets the slope of the tau sawtooth."""
+
+    name: ClassVar[str] = "cadllm"
+    init_len: int = 24
+    min_len: int = 4
+    max_len: int = 64
+    init_steps: int = 24
+    max_steps: int = 90
+    adaptive_len: bool = True
+    adaptive_steps: bool = True
+    hist: ConfidenceHistory = field(default_factory=ConfidenceHistory, init=False, repr=False)
+    info: dict = field(default_factory=dict, init=False, repr=False)
+    _dream: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_len <= self.max_len:
+            raise ValueError(f"need 0 < min_len <= max_len, got {self.min_len}, {self.max_len}")
+        if self.init_len <= 0 or self.init_steps <= 0 or self.max_steps <= 0:
+            raise ValueError("init_len, init_steps and max_steps must be > 0")
+
+    def reset(self, req) -> None:
+        self.hist = ConfidenceHistory()
+        self.info = {}
+        self._dream = req.logit_shift
+
+    def observe(self, event) -> None:
+        self.hist.observe(event, self._dream)
+        self.info["confidence"] = self.hist.values[-1] if self.hist.values else None
+
+    def next_block(self, start: int, ctx) -> Block:
+        values = self.hist.values
+        if values and self.adaptive_len:
+            c2 = float(torch.tensor(values[-2:], dtype=torch.float32).mean())
+            length = self.min_len + int((self.max_len - self.min_len) * c2)
+        else:
+            length = self.init_len
+        length = min(max(length, self.min_len), self.max_len, ctx.gen_len - start)
+        if values and self.adaptive_steps:
+            c = min(max(self.hist.mean(2), 0.0), 1.0)
+            s = self.init_steps + int((self.max_steps - self.init_steps) * (1 - c))
+            s = min(max(s, self.init_steps), self.max_steps)
+            steps = max(1, int(s * length / self.init_len))
+        else:
+            steps = self.init_steps
+        self.info.update(block_len=length, block_steps=steps)
+        return Block(start, start + length, steps)
+
+
+REGISTRY.update({c.name: c for c in (AdaptiveBlocks,)})

@@ -1,18 +1,18 @@
 """Scorers: logits of the rows a decision needs -> candidate ids and their confidence.
 
-Max-probability (LLaDA's low-confidence remasking) and random confidence here; CadLLM's top-V
-renormalised scorer joins this module.
+Max-probability (LLaDA's low-confidence remasking), random confidence, and CadLLM's adaptive
+top-V renormalised confidence.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from unmask.policies.base import Policy
+from unmask.policies.base import ConfidenceHistory, Policy
 
 
 def sample_candidates(logits: Tensor, temperature: float, gen: torch.Generator) -> Tensor:
@@ -59,3 +59,78 @@ class RandomConf(Scorer):
 
 
 REGISTRY: dict[str, type[Scorer]] = {c.name: c for c in (MaxProb, RandomConf)}
+
+
+def repetition(tokens: list[int]) -> float:
+    """CadLLM's repetition score of the last committed tokens (in commit order): 1.0 when the
+    last 4 are identical, else the largest L/8 (L in 2..4) whose last L tokens repeat the L
+    before them; 0 under 8 tokens."""
+    if len(tokens) < 8:
+        return 0.0
+    if len(set(tokens[-4:])) == 1:
+        return 1.0
+    return max((n / 8 for n in (2, 3, 4) if tokens[-n:] == tokens[-2 * n : -n]), default=0.0)
+
+
+@dataclass
+class TopV(Scorer):
+    """CadLLM's V_t: confidence is the candidate's probability renormalised over the top-V
+    logits (float64; 0 if outside them), which is >= its full-vocabulary probability. V follows
+    the released code: a phase term of generation progress g (0.8*v_max below 0.2, 0.7*v_init
+    below 0.7, then 0.9*v_init), widened when recent confidence is low or falling and x3 when
+    the last 4 committed tokens repeat, clipped to [v_min, v_max]. adaptive=false: V = v_init."""
+
+    name: ClassVar[str] = "topv"
+    v_init: int = 100
+    v_min: int = 35
+    v_max: int = 1000
+    adaptive: bool = True
+    hist: ConfidenceHistory = field(default_factory=ConfidenceHistory, init=False, repr=False)
+    committed: list[int] = field(default_factory=list, init=False, repr=False)
+    info: dict = field(default_factory=dict, init=False, repr=False)
+    _dream: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.v_min <= self.v_max:
+            raise ValueError(f"need 0 < v_min <= v_max, got {self.v_min}, {self.v_max}")
+
+    def reset(self, req) -> None:
+        self.hist = ConfidenceHistory()
+        self.committed = []
+        self.info = {}
+        self._dream = req.logit_shift
+
+    def observe(self, event) -> None:
+        self.hist.observe(event, self._dream)
+        # Commit order: step by step, left to right within a step (row 0: the reference is B=1).
+        self.committed = (self.committed + event.cand[0][event.reveal[0]].tolist())[-50:]
+
+    def vocab_size(self, ctx) -> int:
+        clip = lambda v: int(min(max(v, self.v_min), self.v_max))  # noqa: E731
+        if not self.adaptive:
+            return clip(self.v_init)
+        L, b = ctx.gen_len, ctx.block
+        g = b.start / L + (ctx.step_in_block / b.steps) * (b.length / L)
+        phase = 0.8 * self.v_max if g < 0.2 else 0.7 * self.v_init if g < 0.7 else 0.9 * self.v_init
+        f = 1.0
+        if self.hist.values:
+            c5 = self.hist.mean(5)
+            f = 1.5 if c5 < 0.3 else 1.2 if c5 < 0.6 else 0.8 if c5 > 0.8 else 1.0
+            h = self.hist.values
+            if len(h) >= 3 and h[-1] - h[-3] < -0.1:
+                f *= 1.3
+        r = repetition(self.committed)
+        return clip(phase * f * (1 + 2 * r if r > 0.5 else 1.0))
+
+    def score(self, logits: Tensor, ctx) -> tuple[Tensor, Tensor]:
+        V = self.vocab_size(ctx)
+        cand = sample_candidates(logits, ctx.temperature, ctx.generator)
+        top, idx = logits.double().topk(min(V, logits.shape[-1]), dim=-1)  # [B, L, V']
+        probs = torch.softmax(top, dim=-1)
+        hit = idx == cand[..., None]
+        conf = (probs * hit).sum(-1).float()  # 0 when the candidate is outside the top V
+        self.info = {"vocab": V}
+        return cand, conf
+
+
+REGISTRY.update({c.name: c for c in (TopV,)})

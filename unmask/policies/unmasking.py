@@ -55,14 +55,31 @@ def top1(conf: Tensor, masked: Tensor) -> Tensor:
     return top_k_mask(conf, masked, masked.any(-1).long())
 
 
+def dream_block_start(flag: bool | None, ctx) -> bool:
+    """Fast-dLLM's and CadLLM's Dream code reveal only a block's first position, greedily, at the
+    block's first step (None: on for Dream, off for LLaDA)."""
+    on = ctx.logit_shift if flag is None else flag
+    return on and ctx.step_in_block == 0
+
+
+def first_position(masked: Tensor) -> Tensor:
+    reveal = torch.zeros_like(masked)
+    reveal[:, 0] = masked[:, 0]
+    return reveal
+
+
 @dataclass
 class Threshold(UnmaskRule):
-    """Fast-dLLM: every masked position with confidence >= tau, and always the most confident."""
+    """Fast-dLLM: every masked position with confidence >= tau, and always the most confident.
+    dream_first: see dream_block_start."""
 
     name: ClassVar[str] = "threshold"
     tau: float = 0.9
+    dream_first: bool | None = None
 
     def select(self, conf: Tensor, masked: Tensor, ctx) -> Tensor:
+        if dream_block_start(self.dream_first, ctx):
+            return first_position(masked)
         return top1(conf, masked) | ((conf >= self.tau) & masked)
 
 
@@ -147,3 +164,40 @@ class APD(UnmaskRule):
 
 
 REGISTRY.update({c.name: c for c in (APD,)})
+
+
+@dataclass
+class CadThreshold(UnmaskRule):
+    """CadLLM's tau_t (released code): inside each block tau falls linearly from tau_base to
+    tau_min over the block's step budget S and then stays, tau(i) = max(tau_base*(1 - i/S) +
+    tau_min*(i/S), tau_min), restarting at every block (a sawtooth); the top-1 and every masked
+    position with confidence >= tau are revealed. global_decay: the paper's Eq. 5 instead,
+    tau = tau_base*(1 - g) + tau_min*g on the generation progress g at the block start.
+    dream_first (default: on for Dream, as both CadLLM's and Fast-dLLM's Dream code): a block's
+    first step reveals only its first position."""
+
+    name: ClassVar[str] = "cadllm"
+    tau_base: float = 0.85
+    tau_min: float = 0.40
+    global_decay: bool = False
+    dream_first: bool | None = None
+    info: dict = field(default_factory=dict, init=False, repr=False)
+
+    def tau(self, ctx) -> float:
+        b = ctx.block
+        if self.global_decay:
+            g = b.start / ctx.gen_len
+            return self.tau_base * (1 - g) + self.tau_min * g
+        x = ctx.step_in_block / b.steps
+        return max(self.tau_base * (1 - x) + self.tau_min * x, self.tau_min)
+
+    def select(self, conf: Tensor, masked: Tensor, ctx) -> Tensor:
+        if dream_block_start(self.dream_first, ctx):
+            self.info = {"tau": None}
+            return first_position(masked)
+        tau = self.tau(ctx)
+        self.info = {"tau": tau}
+        return top1(conf, masked) | ((conf >= tau) & masked)
+
+
+REGISTRY.update({c.name: c for c in (CadThreshold,)})
