@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import random
 import re
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
-from typing import ClassVar
 
-SPLITS = ("train", "test")
+from unmask.tasks.base import SPLITS, Sample, Task
+
 # The train stream never repeats one of the first N_HELD_OUT test questions; the test stream beyond
 # that index is not guarded (nobody evaluates that far on a synthetic task).
 N_HELD_OUT = 5000
@@ -24,41 +24,18 @@ MAX_REDRAWS = 1000
 
 
 @dataclass(frozen=True)
-class Sample:
-    prompt: str  # the user message: few-shot exemplars + the question; no chat template applied
-    reference: str  # the full target answer (chain of thought + final line)
-    answer: str  # the final answer alone, e.g. "17"
-
-
-@dataclass(frozen=True)
 class Problem:
     question: str
     reference: str
     answer: str
 
 
-class Task(ABC):
+class SyntheticTask(Task):
     """Samples per split; sample i of a split is a pure function of (knobs, split, i)."""
-
-    name: ClassVar[str]
-
-    def __init__(self, *, shots: int, gen_len: int, block_len: int) -> None:
-        if shots < 0:
-            raise ValueError(f"shots must be >= 0, got {shots}")
-        self.shots = shots
-        self.gen_len = gen_len
-        self.block_len = block_len
 
     @abstractmethod
     def _problem(self, rng: random.Random) -> Problem:
         """Draw one problem; all randomness comes from `rng`."""
-
-    @abstractmethod
-    def extract(self, text: str) -> str | None:
-        """The final answer in a generated `text`, or None when it has none."""
-
-    def score(self, sample: Sample, text: str) -> bool:
-        return self.extract(text) == sample.answer
 
     def samples(self, split: str, n: int, start: int = 0) -> list[Sample]:
         if split not in SPLITS:
@@ -127,7 +104,7 @@ SUB_VERBS = ("gives away {n}", "loses {n}", "sells {n}", "uses {n}")
 FINAL_ANSWER = re.compile(r"####\s*(-?[\d,]*\d(?:\.\d+)?)")
 
 
-class Arith(Task):
+class Arith(SyntheticTask):
     """Chained +/- word problems; reference "12 + 7 = 19. 19 - 5 = 14. 14 + 3 = 17.\\n#### 17"."""
 
     name = "arith"
@@ -193,7 +170,7 @@ class Arith(Task):
         return str(int(number)) if number == number.to_integral_value() else str(number)
 
 
-class Reverse(Task):
+class Reverse(SyntheticTask):
     """Reverse a list of digits: the contrast task, whose tokens can all be revealed at once."""
 
     name = "reverse"
