@@ -1,14 +1,26 @@
-"""PNG plots of benchmark records: the accuracy / speed Pareto picture (more join with issue 4).
+"""PNG plots: the accuracy / speed Pareto picture of a bench run, and two per-step pictures of one
+decoding (candidate confidence per position, rows recomputed per layer), from its StepEvents.
 
-Reads the JSON shapes bench.py writes; never runs a model.
+Reads the JSON bench.py writes and the StepEvents stream_generate yields; never runs a model.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import ListedColormap, PowerNorm  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from unmask.generate import StepEvent  # noqa: E402
+
+MAX_TOKEN_LABELS = 64  # beyond this many positions the y axis shows offsets, not tokens
 
 
 def pareto(result: dict, path: str) -> None:
@@ -29,6 +41,134 @@ def pareto(result: dict, path: str) -> None:
         f"{result['model']} on {result['task']} (n={result['n']}, {result['machine']})", fontsize=9
     )
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@dataclass
+class StepTables:
+    """One sample's decoding as arrays; G generated positions, S steps, n_layers layers."""
+
+    conf: np.ndarray  # [G, S] candidate confidence of positions still masked; NaN elsewhere
+    revealed_at: np.ndarray  # [G] the step that revealed each position, -1 if none did
+    rows: np.ndarray  # [n_layers, S] cells recomputed per layer at each step
+    block_starts: list[int]  # steps at which a new block opened
+    canvas_len: int  # T: prompt + generated positions
+
+    @property
+    def steps(self) -> int:
+        return self.conf.shape[1]
+
+
+def step_tables(events: list[StepEvent], b: int = 0) -> StepTables:
+    """Tables for row `b` of a finished request's events (the last one carries the outputs)."""
+    if not events or not events[-1].done:
+        raise ValueError("step plots need every event of a finished request")
+    out = events[-1].outputs[b]
+    G, S = len(out.ids), len(events)
+    conf = np.full((G, S), np.nan)
+    revealed_at = np.full(G, -1)
+    rows = np.zeros((events[0].rows.shape[-1], S))
+    block_starts = []
+    for s, e in enumerate(events):
+        lo, hi = e.block.start, e.block.end
+        masked = e.masked[b].cpu().numpy()
+        values = e.conf[b].float().cpu().numpy()
+        conf[lo:hi, s] = np.where(masked, values, np.nan)
+        revealed_at[lo:hi][e.reveal[b].cpu().numpy()] = s
+        rows[:, s] = e.rows[b].cpu().numpy()
+        if e.step_in_block == 0:
+            block_starts.append(s)
+    canvas_len = out.metrics.prompt_tokens + out.metrics.all_tokens
+    return StepTables(conf, revealed_at, rows, block_starts, canvas_len)
+
+
+def _block_lines(ax, tables: StepTables) -> None:
+    for s in tables.block_starts[1:]:
+        ax.axvline(s - 0.5, color="0.35", lw=0.6, ls="--")
+
+
+def confidence_heatmap(
+    events: list[StepEvent], path: str, tokens: list[str] | None = None, title: str = ""
+) -> None:
+    """Positions x steps: the candidate's confidence while a position is masked in the active
+    block, a marker at the step that reveals it, grey once revealed. `tokens` label positions."""
+    t = step_tables(events)
+    G, S = t.conf.shape
+    revealed = np.zeros((G, S))
+    for g, s in enumerate(t.revealed_at):
+        if s >= 0:
+            revealed[g, s + 1 :] = 1
+    fig, ax = plt.subplots(figsize=(min(14, 4 + S * 0.06), min(12, 2.5 + G * 0.16)), dpi=120)
+    ax.imshow(
+        np.where(revealed > 0, 1.0, np.nan),
+        cmap=ListedColormap(["0.85"]),
+        aspect="auto",
+        interpolation="nearest",
+    )
+    im = ax.imshow(t.conf, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    hit = t.revealed_at >= 0
+    ax.scatter(
+        t.revealed_at[hit], np.arange(G)[hit], s=18, marker="o", facecolor="red", edgecolor="white"
+    )
+    _block_lines(ax, t)
+    ax.set_xlabel("step")
+    ax.set_ylabel("generated position")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if tokens is not None and G <= MAX_TOKEN_LABELS:
+        ax.set_yticks(range(G), [f"{i} {tok!r}"[:18] for i, tok in enumerate(tokens[:G])])
+        ax.tick_params(axis="y", labelsize=6)
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="candidate confidence (masked)")
+    ax.legend(
+        handles=[
+            Line2D(
+                [], [], ls="", marker="o", mfc="red", mec="white", label="revealed at this step"
+            ),
+            Patch(color="0.85", label="already revealed"),
+            Patch(facecolor="white", edgecolor="0.6", label="outside the active block"),
+            Line2D([], [], color="0.35", lw=0.6, ls="--", label="new block"),
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.08 if G > 24 else -0.18),
+        ncol=4,
+        fontsize=7,
+        frameon=False,
+    )
+    ax.set_title(title or f"confidence per step ({G} positions, {S} steps)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def rows_heatmap(events: list[StepEvent], path: str, title: str = "") -> None:
+    """Layers x steps: (position x layer) cells each layer recomputed at each step, out of the
+    canvas length T; a no-cache run is uniformly T, a cache shows what it skipped."""
+    t = step_tables(events)
+    n_layers, S = t.rows.shape
+    fig, ax = plt.subplots(figsize=(min(14, 4 + S * 0.06), 1.8 + 0.35 * n_layers), dpi=120)
+    # A square-root scale: the full refreshes (T rows) would otherwise flatten the partial ones.
+    im = ax.imshow(
+        t.rows,
+        cmap="magma",
+        norm=PowerNorm(0.5, vmin=0, vmax=t.canvas_len),
+        aspect="auto",
+        interpolation="nearest",
+        origin="lower",
+    )
+    _block_lines(ax, t)
+    ax.set_xlabel("step (dashed: a new block)")
+    ax.set_ylabel("layer")
+    ax.set_yticks(range(n_layers))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label=f"rows (of T = {t.canvas_len})")
+    total = t.rows.sum()
+    ax.set_title(
+        (title or "rows recomputed per layer per step")
+        + f"\n{total:.0f} cells = {total / (t.canvas_len * n_layers * S):.0%} "
+        "of a full forward at every step",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
