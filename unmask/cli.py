@@ -161,7 +161,7 @@ def _fit(lm, task, recipe, n: int, chat: bool) -> None:
     if shots is not None:
         print(
             f"{task.name}: {first}-shot prompts do not fit the model's context of "
-            f"{lm.args.max_seq_len} with gen_len {task.gen_len}; using {shots} shots",
+            f"{lm.args.max_seq_len} with gen_len {task.gen_len}; now {shots}-shot",
             file=sys.stderr,
         )
 

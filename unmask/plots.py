@@ -84,9 +84,13 @@ def step_tables(events: list[StepEvent], b: int = 0) -> StepTables:
     return StepTables(conf, revealed_at, rows, block_starts, canvas_len)
 
 
-def _block_lines(ax, tables: StepTables) -> None:
+def _block_lines(ax, tables: StepTables, color: str) -> None:
     for s in tables.block_starts[1:]:
-        ax.axvline(s - 0.5, color="0.35", lw=0.6, ls="--")
+        ax.axvline(s - 0.5, color=color, lw=0.8, ls="--")
+
+
+def _width(steps: int) -> float:
+    return min(14.0, max(6.4, 4 + steps * 0.06))
 
 
 def confidence_heatmap(
@@ -100,7 +104,7 @@ def confidence_heatmap(
     for g, s in enumerate(t.revealed_at):
         if s >= 0:
             revealed[g, s + 1 :] = 1
-    fig, ax = plt.subplots(figsize=(min(14, 4 + S * 0.06), min(12, 2.5 + G * 0.16)), dpi=120)
+    fig, ax = plt.subplots(figsize=(_width(S), min(12, 2.5 + G * 0.16)), dpi=120)
     ax.imshow(
         np.where(revealed > 0, 1.0, np.nan),
         cmap=ListedColormap(["0.85"]),
@@ -112,7 +116,7 @@ def confidence_heatmap(
     ax.scatter(
         t.revealed_at[hit], np.arange(G)[hit], s=18, marker="o", facecolor="red", edgecolor="white"
     )
-    _block_lines(ax, t)
+    _block_lines(ax, t, "0.35")
     ax.set_xlabel("step")
     ax.set_ylabel("generated position")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -131,7 +135,7 @@ def confidence_heatmap(
         ],
         loc="upper center",
         bbox_to_anchor=(0.5, -0.08 if G > 24 else -0.18),
-        ncol=4,
+        ncol=2,
         fontsize=7,
         frameon=False,
     )
@@ -146,7 +150,7 @@ def rows_heatmap(events: list[StepEvent], path: str, title: str = "") -> None:
     canvas length T; a no-cache run is uniformly T, a cache shows what it skipped."""
     t = step_tables(events)
     n_layers, S = t.rows.shape
-    fig, ax = plt.subplots(figsize=(min(14, 4 + S * 0.06), 1.8 + 0.35 * n_layers), dpi=120)
+    fig, ax = plt.subplots(figsize=(_width(S), 1.8 + 0.35 * n_layers), dpi=120)
     # A square-root scale: the full refreshes (T rows) would otherwise flatten the partial ones.
     im = ax.imshow(
         t.rows,
@@ -156,7 +160,7 @@ def rows_heatmap(events: list[StepEvent], path: str, title: str = "") -> None:
         interpolation="nearest",
         origin="lower",
     )
-    _block_lines(ax, t)
+    _block_lines(ax, t, "cyan")
     ax.set_xlabel("step (dashed: a new block)")
     ax.set_ylabel("layer")
     ax.set_yticks(range(n_layers))
