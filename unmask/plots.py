@@ -16,31 +16,67 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import ListedColormap, PowerNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import (
+    FuncFormatter,  # noqa: E402
+    MaxNLocator,  # noqa: E402
+)
 
 from unmask.generate import StepEvent  # noqa: E402
 
 MAX_TOKEN_LABELS = 64  # beyond this many positions the y axis shows offsets, not tokens
 
 
+MARKERS = "osD^v<>ph*XP"
+
+
 def pareto(result: dict, path: str) -> None:
-    """Accuracy vs answer tokens/s, one point per recipe."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for r in result["runs"]:
-        ax.scatter(r["answer_tokens_per_s"], 100 * r["accuracy"], s=40)
-        ax.annotate(
-            r["recipe"],
-            (r["answer_tokens_per_s"], 100 * r["accuracy"]),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=8,
+    """Accuracy vs answer tokens/s (log scale), one labelled marker per recipe, and the Pareto
+    front (no other recipe both faster and at least as accurate) joined by a line."""
+    runs = result["runs"]
+    fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=120)
+    for i, r in enumerate(runs):
+        ax.scatter(
+            r["answer_tokens_per_s"],
+            100 * r["accuracy"],
+            s=55,
+            zorder=3,
+            marker=MARKERS[i % len(MARKERS)],
+            label=r["recipe"],
         )
-    ax.set_xlabel("answer tokens / s (higher is faster)")
+    front = sorted(
+        (
+            r
+            for r in runs
+            if not any(
+                o["answer_tokens_per_s"] > r["answer_tokens_per_s"]
+                and o["accuracy"] >= r["accuracy"]
+                for o in runs
+            )
+        ),
+        key=lambda r: r["answer_tokens_per_s"],
+    )
+    ax.plot(
+        [r["answer_tokens_per_s"] for r in front],
+        [100 * r["accuracy"] for r in front],
+        color="0.6",
+        lw=1,
+        ls="--",
+        zorder=2,
+        label="Pareto front",
+    )
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("answer tokens / s (log scale; right is faster)")
     ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-3, 103)
     ax.set_title(
         f"{result['model']} on {result['task']} (n={result['n']}, {result['machine']})", fontsize=9
     )
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
