@@ -1,0 +1,79 @@
+"""The `unmask` command: generate prints the answer and metrics (or one JSON object), and bad
+input exits non-zero with a one-line message, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from unmask import cli
+
+PROMPT = "Question: Tom has 3 apples. He buys 2 more. How many apples does Tom have?"
+
+
+def run(argv, capsys):
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generate_prints_answer_and_metrics(tiny, capsys):
+    code, out, err = run(["generate", "--model", str(tiny[0]), "--gen-len", "16", PROMPT], capsys)
+    assert code == 0
+    assert "nfe=16" in err and "rows/ar_floor=" in err
+
+
+def test_generate_json_has_text_ids_and_metrics(tiny, capsys):
+    argv = [
+        "generate",
+        "--model",
+        str(tiny[0]),
+        "--gen-len",
+        "12",
+        "--json",
+        "--recipe",
+        "fast-dllm",
+        PROMPT,
+    ]
+    code, out, _ = run(argv, capsys)
+    assert code == 0
+    record = json.loads(out.strip().splitlines()[-1])
+    assert len(record["ids"]) == 12 and isinstance(record["text"], str)
+    assert record["metrics"]["nfe"] >= 1 and record["recipe"].startswith("blocks=fixed:len=32")
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["generate", "   "], "empty prompt"),
+        (["generate", "--gen-len", "0", "x"], "must be > 0"),
+        (["generate", "--gen-len", "-3", "x"], "must be > 0"),
+        (["generate", "--recipe", "nope", "x"], "unknown recipe 'nope'"),
+        (["generate", "--recipe", "vanilla+blocks=fixed:len=abc", "x"], "'abc' is not a valid"),
+        (["generate", "--recipe", "fast-dllm+unmask=threshold:tua=0.5", "x"], "unknown parameter"),
+        (["generate", "--model", "/no/such/dir", "x"], "no model '/no/such/dir'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tiny, argv, message, capsys):
+    if "--model" not in argv:
+        argv = [argv[0], "--model", str(tiny[0]), *argv[1:]]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_no_traceback_from_a_real_process(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "unmask.cli", "generate", "--model", str(tmp_path), "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "config.json" in proc.stderr
