@@ -118,6 +118,17 @@ class PrefixCache(RefreshPolicy):
 REGISTRY: dict[str, type[RefreshPolicy]] = {c.name: c for c in (NoCache, PrefixCache, DualCache)}
 
 
+def scheduled_rows(ctx, prompt: bool, response: bool) -> Tensor | None:
+    """Rows an interval refresh recomputes this step: the prompt's, the response's (every
+    generated position), both (None: every row), or neither (an empty mask to add to)."""
+    if prompt and response:
+        return None
+    mask = torch.zeros_like(ctx.canvas, dtype=torch.bool)
+    mask[:, : ctx.gen_start] = prompt
+    mask[:, ctx.gen_start :] = response
+    return mask
+
+
 @dataclass
 class DKVCache(RefreshPolicy):
     """dKV-Cache-Decode (Ma et al. 2025), delayed caching. Per block, steps 0 and 1 and every
@@ -195,15 +206,10 @@ class DLLMCachePlan:
         full = p.layer0_full and layer == 0
         refresh_prompt = full or t % p.kp == 0
         refresh_gen = full or t % p.kr == 0
-        if refresh_prompt and refresh_gen:
-            return None
-        P, G = ctx.gen_start, ctx.gen_len
-        mask = torch.zeros_like(ctx.canvas, dtype=torch.bool)
-        if refresh_prompt:
-            mask[:, :P] = True
-        if refresh_gen:
-            mask[:, P:] = True
+        mask = scheduled_rows(ctx, refresh_prompt, refresh_gen)
+        if mask is None or refresh_gen:
             return mask
+        P, G = ctx.gen_start, ctx.gen_len
         n = int(G * p.rho)
         if n > 0:
             fresh = probe.values()[:, :, P:]  # [B, Hkv, G, Dh]
@@ -365,13 +371,8 @@ class DCUPlan:
             return None
         refresh_prompt = p.prompt_interval is not None and t % p.prompt_interval == 0
         refresh_gen = p.gen_interval is not None and t % p.gen_interval == 0
-        if refresh_prompt and refresh_gen:
-            return None
-        mask = torch.zeros_like(ctx.canvas, dtype=torch.bool)
-        if refresh_prompt:
-            mask[:, :P] = True
-        if refresh_gen:
-            mask[:, P:] = True
+        mask = scheduled_rows(ctx, refresh_prompt, refresh_gen)
+        if mask is None or refresh_gen:
             return mask
         win = window_mask(p._key, p.sizes(ctx)[1], G)  # [B, G]
         n = self.budgets[layer]
