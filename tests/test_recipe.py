@@ -111,3 +111,19 @@ def test_bad_specs(spec, message):
         parse(spec)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_split_specs_keeps_commas_inside_policy_parameters():
+    from unmask.recipe import split_specs
+
+    text = (
+        "vanilla,fast-dllm+unmask=threshold:tau=0.7,dynamic-dllm+refresh=dcu:budget=16,window=8,"
+        "blocks=fixed:len=16,steps=32+refresh=dual, cadllm,"
+    )
+    assert split_specs(text) == [
+        "vanilla",
+        "fast-dllm+unmask=threshold:tau=0.7",
+        "dynamic-dllm+refresh=dcu:budget=16,window=8",
+        "blocks=fixed:len=16,steps=32+refresh=dual",
+        "cadllm",
+    ]

@@ -222,6 +222,7 @@ def run_bench(
     warmup: int = 1,
     step_plots: bool = False,
     chat: bool = True,
+    records_path: str | None = None,
 ) -> dict:
     from unmask.bench import bench, machine, table, trace
     from unmask.models.load import load
@@ -247,6 +248,12 @@ def run_bench(
     if json_path:
         with open(json_path, "w") as f:
             json.dump(result, f, indent=2)
+    if records_path:
+        from dataclasses import asdict
+
+        with open(records_path, "w") as f:
+            for r in records:
+                f.write(json.dumps(asdict(r)) + "\n")
     if plot_path:
         from unmask.plots import pareto
 
@@ -270,7 +277,9 @@ def run_bench(
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    specs = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    from unmask.recipe import split_specs
+
+    specs = split_specs(args.recipes)
     if not specs:
         raise CliError("--recipes is empty")
     result = run_bench(
@@ -283,6 +292,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.plot,
         step_plots=True,
         chat=not args.raw,
+        records_path=args.records,
     )
     print(json.dumps(result))
     return 0
@@ -454,9 +464,19 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="tiny-llada")
     _task_args(b, default_n=20)
     b.add_argument(
-        "--recipes", default="vanilla", help="comma-separated presets or specs (default: vanilla)"
+        "--recipes",
+        default="vanilla",
+        help="comma-separated presets or specs; commas inside a policy's parameters are kept "
+        "(default: vanilla)",
     )
     b.add_argument("--json", default=None, help="also write the JSON record here")
+    b.add_argument(
+        "--records",
+        metavar="PATH",
+        default=None,
+        help="write every recipe's per-sample records (answer, correct, nfe, rows, "
+        "wall_s, ...) here as JSONL",
+    )
     b.add_argument(
         "--plot",
         metavar="PNG",

@@ -138,3 +138,20 @@ def parse(spec: str) -> Recipe:
     if not 0 <= recipe.temperature < float("inf"):  # NaN and inf too
         raise SpecError(f"temperature must be >= 0, got {recipe.temperature}")
     return recipe
+
+
+def split_specs(text: str) -> list[str]:
+    """A comma-separated list of recipe specs, where a comma that continues a policy's
+    parameters (`dcu:budget=16,window=8`) stays inside its spec."""
+    specs: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        first = piece.split("+", 1)[0]
+        key = first.split("=", 1)[0].strip() if "=" in first else None
+        starts_recipe = key is None or key in ROLES or key in SCALARS
+        if specs and not starts_recipe:
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    return specs
