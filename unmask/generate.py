@@ -212,9 +212,11 @@ def stream_generate(
 
     while True:
         alive = ctx.masked[:, P:].any(-1).cpu()  # [B] rows still decoding
-        # 1) block: open the next one once the current block has no masks left
-        if ctx.block is None or not bool(ctx.masked[:, ctx.cols(ctx.block)].any()):
+        # 1) block: open the next one with masks in it once the current one has none left
+        while ctx.block is None or not bool(ctx.masked[:, ctx.cols(ctx.block)].any()):
             start = 0 if ctx.block is None else ctx.block.end
+            if start >= G:
+                raise RuntimeError("masks left behind the last block: a policy wrote outside it")
             ctx.block = recipe.blocks.next_block(start, ctx)
             ctx.step_in_block = 0
             ctx.block_masked_at_start = ctx.masked[:, ctx.cols(ctx.block)].sum(-1)
