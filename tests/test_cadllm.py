@@ -18,7 +18,7 @@ from unmask.recipe import parse
 
 def blocks_with(history, **kw) -> AdaptiveBlocks:
     b = AdaptiveBlocks(**kw)
-    b.reset(SimpleNamespace(logit_shift=False))
+    b.reset(SimpleNamespace(logit_shift=False, batch=1))
     b.hist.values = list(history)
     return b
 
@@ -61,7 +61,7 @@ def test_history_skips_dream_block_start_and_empty_steps():
 
 def vocab(g_block_start, hist=(), committed=(), step=0, steps=10, length=16, gen_len=160):
     s = TopV()
-    s.reset(SimpleNamespace(logit_shift=False))
+    s.reset(SimpleNamespace(logit_shift=False, batch=1))
     s.hist.values, s.committed = list(hist), list(committed)
     ctx = SimpleNamespace(
         gen_len=gen_len,
@@ -97,7 +97,7 @@ def test_repetition_score():
 
 def test_topv_confidence_is_renormalised_over_the_top_v():
     s = TopV(v_init=2, v_min=1, v_max=1000, adaptive=False)
-    s.reset(SimpleNamespace(logit_shift=False))
+    s.reset(SimpleNamespace(logit_shift=False, batch=1))
     logits = torch.log(torch.tensor([[[0.5, 0.3, 0.2]]]))
     ctx = SimpleNamespace(temperature=0.0, generator=torch.Generator())
     cand, conf = s.score(logits, ctx)

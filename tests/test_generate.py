@@ -110,7 +110,7 @@ class ScriptedModel:
     def parameters(self):
         yield self.weight
 
-    def run(self, canvas, pos, key_mask, plan, cache, out_rows) -> tuple[Tensor, Tensor]:
+    def run(self, canvas, pos, key_mask, plan, cache, out_rows, need=None) -> tuple[Tensor, Tensor]:
         step = len(self.out_rows)
         self.out_rows.append(out_rows.clone())
         B, n = canvas.shape[0], self.args.n_layers

@@ -62,7 +62,10 @@ def test_window_mask_is_shifted_not_shrunk():
         [0, 0, 0, 1, 1, 1, 1, 1, 0, 0],
         [0, 0, 0, 0, 0, 1, 1, 1, 1, 1],
     ]
-    assert not window_mask(key, window=0, G=10).any()
+    # W = 0 keeps the key token alone; an odd W takes 2*(W//2)+1 rows, as the released code.
+    assert window_mask(key, window=0, G=10).int().argmax(-1).tolist() == [0, 0, 5, 9]
+    assert window_mask(key, window=0, G=10).sum().item() == 4
+    assert window_mask(key, window=3, G=10).sum(-1).tolist() == [3, 3, 3, 3]
 
 
 def test_water_fill_is_proportional_capped_and_conserves_what_fits():
@@ -105,3 +108,40 @@ def test_eos_exit_keeps_the_answer_text(tiny_loaded):
         b = ids(tiny_loaded, spec + "+eos_exit=true", gen_len=32)
         assert a.text == b.text
         assert b.metrics.nfe <= a.metrics.nfe
+
+
+def test_dkv_cached_steps_recompute_masked_and_last_revealed_only(ckpt_root):
+    from conftest import make_checkpoint
+
+    from unmask.models.load import load
+
+    lm = load(make_checkpoint(ckpt_root, "llada")[0])
+    G = 24
+    masked_left, prev = G, 0
+    for ev in stream_generate(
+        lm, PROMPT, parse("vanilla+refresh=dkv:interval=4"), gen_len=G, block_len=12
+    ):
+        i = ev.step_in_block
+        if i > 1 and i % 4:
+            assert ev.rows[0].tolist() == [masked_left + prev] * lm.args.n_layers
+        prev = int(ev.reveal.sum())
+        masked_left -= prev
+
+
+def test_dream_dual_cache_recomputes_only_the_block(ckpt_root):
+    from conftest import make_checkpoint
+
+    from unmask.models.load import load
+
+    lm = load(make_checkpoint(ckpt_root, "dream")[0])
+    events = list(stream_generate(lm, PROMPT, parse("fast-dllm+blocks=fixed:len=8"), gen_len=24))
+    inner = [ev for ev in events if ev.step_in_block > 0]
+    assert inner and all(ev.rows[0, 0].item() == 8 for ev in inner)
+    assert all(
+        ev.reveal[0].tolist() == [True] + [False] * 7 for ev in events if ev.step_in_block == 0
+    )  # Dream's block-start rule
+
+
+def test_cadllm_refuses_a_batch(tiny_loaded):
+    with pytest.raises(ValueError, match="one prompt at a time"):
+        generate(tiny_loaded, [PROMPT, PROMPT], parse("cadllm"), gen_len=16)

@@ -233,7 +233,13 @@ def stream_generate(
         # (a policy may ask for every generated position's logits, e.g. APD's thresholds)
         lo, hi = (P, P + G) if wants_gen_logits else (cols.start, cols.stop)
         out_rows = torch.arange(lo - shift, hi - shift, device=device).expand(B, -1)
-        hidden, step_rows = model.run(canvas, pos, key_mask, plan, cache, out_rows)
+        # Only still-masked positions need fresh decisions; a cache policy's stale rows stay so.
+        need = torch.zeros_like(canvas, dtype=torch.bool)
+        if wants_gen_logits:  # e.g. APD moves every position's threshold from real logits
+            need[:, lo - shift : hi - shift] = True
+        else:
+            need[:, cols.start - shift : cols.stop - shift] = canvas[:, cols] == a.mask_id
+        hidden, step_rows = model.run(canvas, pos, key_mask, plan, cache, out_rows, need)
         cache.warm = True
         ctx.nfe += 1
         logits = model.compute_logits(hidden)  # [B, hi - lo, V]
@@ -351,7 +357,7 @@ def reference_generate(
             if a.logit_shift:
                 logits = torch.cat([logits[:1], logits[:-1]])
             logits[:, a.mask_id] = float("-inf")
-            probs = torch.softmax(logits.float(), -1)
+            probs = torch.softmax(logits.double(), -1)
             cand = probs.argmax(-1)
             conf = probs.gather(-1, cand[:, None])[:, 0]
             conf[:lo] = -1

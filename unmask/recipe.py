@@ -41,11 +41,14 @@ PRESETS: dict[str, str] = {
     # dKV-Cache-Decode (Ma et al. 2025): LLaDA low-confidence decoding, refresh every 8 steps.
     "dkv-cache": "vanilla+refresh=dkv:interval=8",
     # dLLM-Cache (Liu et al. 2025), LLaDA-8B-Instruct GSM8K script: block 8, Kp 50, Kr 7, rho 0.25.
-    "dllm-cache": "vanilla+blocks=fixed:len=8+refresh=dllm-cache:kp=50,kr=7,rho=0.25",
+    # Layer 0 always recomputed, as the authors' current code does.
+    "dllm-cache": "vanilla+blocks=fixed:len=8+refresh=dllm-cache:kp=50,kr=7,rho=0.25,"
+    "layer0_full=true",
     # Dynamic-dLLM (Wu et al. 2026), paper form: block 32, DCU with budget = window = gen_len/8,
     # x proxy, proportional layer budgets; APD tau 0.9, alpha 0.001, beta 0.0008 per token.
-    "dynamic-dllm": "vanilla+blocks=fixed:len=32+refresh=dcu+unmask=apd",
-    "dynamic-dllm-dcu": "vanilla+blocks=fixed:len=32+refresh=dcu",
+    # Layer 0 is recomputed in full every step (METHODS 3.6), V of every response row is fresh.
+    "dynamic-dllm": "vanilla+blocks=fixed:len=32+refresh=dcu:layer0_full=true+unmask=apd",
+    "dynamic-dllm-dcu": "vanilla+blocks=fixed:len=32+refresh=dcu:layer0_full=true",
     # The released code's settings: block 8, fixed schedule, V proxy, uniform budgets of 32,
     # window 32, layer 0 always recomputed, prompt/response refresh intervals 5000 (never).
     "dynamic-dllm-code": "vanilla+blocks=fixed:len=8+refresh=dcu:budget=32,window=32,proxy=v,"

@@ -184,20 +184,25 @@ class Transformer(nn.Module):
         plan: RowPlan,
         cache: Cache,
         out_rows: Tensor,
+        need: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One plan-driven forward (1 NFE).
 
-        canvas, pos [B, T]; out_rows [B, M] canvas rows whose final hidden states are returned.
+        canvas, pos [B, T]; out_rows [B, M] canvas rows whose final hidden states are returned;
+        need [B, T] the rows among them that must be fresh (default: all of them). With a
+        fixed-rows plan, an out row that is neither planned nor needed comes back as zeros.
         Returns hidden [B, M, D] and the rows recomputed per sample and layer [B, n_layers].
         """
         fixed = plan.fixed_rows()
         if fixed is not None:
-            return self._run_fixed(canvas, pos, key_mask, fixed, cache, out_rows)
+            if need is None:
+                need = _row_mask(out_rows, fixed.shape[1])
+            return self._run_fixed(canvas, pos, key_mask, fixed | need, cache, out_rows)
         return self._run_layered(canvas, pos, key_mask, plan, cache, out_rows)
 
     def _run_fixed(self, canvas, pos, key_mask, mask, cache, out_rows):
         # The same rows at every layer: carry only those rows; everything else is read from K/V.
-        rows, n = mask_to_rows(mask | _row_mask(out_rows, mask.shape[1]))
+        rows, n = mask_to_rows(mask)
         rope = self.rope(gather_rows(pos, rows))
         x = self.embed(gather_rows(canvas, rows))  # [B, N, D]
         for i, layer in enumerate(self.layers):
@@ -206,8 +211,9 @@ class Transformer(nn.Module):
             cache.write_kv(i, rows, k, v)
             h = x + layer.attention(normed, rope, cache.k[i], cache.v[i], key_mask)
             x = h + layer.mlp(h)
-        where = _positions_in(rows, out_rows)
-        return gather_rows(x, where), n[:, None].expand(-1, len(self.layers)).clone()
+        where, found = _positions_in(rows, out_rows)
+        hidden = gather_rows(x, where) * found[..., None]  # [B, M, D]
+        return hidden, n[:, None].expand(-1, len(self.layers)).clone()
 
     def _run_layered(self, canvas, pos, key_mask, plan, cache, out_rows):
         # Per-layer row sets: carry the whole residual stream; rows a layer skips take its cached
@@ -262,9 +268,7 @@ def _row_mask(rows: Tensor, T: int) -> Tensor:
     return mask.scatter_(1, rows, True)
 
 
-def _positions_in(rows: Tensor, wanted: Tensor) -> Tensor:
-    """For each wanted canvas row, its index inside `rows` (every wanted row must be present)."""
+def _positions_in(rows: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:
+    """For each wanted canvas row [B, M]: its index inside `rows` [B, N] and whether it is there."""
     match = rows[:, None, :] == wanted[:, :, None]  # [B, M, N]
-    if not bool(match.any(-1).all()):
-        raise ValueError("out_rows must be a subset of the rows the plan recomputes")
-    return match.int().argmax(-1)
+    return match.int().argmax(-1), match.any(-1)

@@ -120,3 +120,12 @@ class ConfidenceHistory:
     def mean(self, last: int) -> float:
         tail = self.values[-last:]
         return sum(tail) / len(tail)
+
+
+def one_prompt_only(policy: Policy, req: Any) -> None:
+    """Policies whose state is one scalar history (CadLLM's) follow the batch-1 reference."""
+    if req.batch != 1:
+        raise ValueError(
+            f"{policy.role} policy {policy.name!r} decodes one prompt at a time, like its "
+            f"reference code; got a batch of {req.batch}"
+        )

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import torch
 
-from unmask.policies.base import ConfidenceHistory, Policy
+from unmask.policies.base import ConfidenceHistory, Policy, one_prompt_only
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class AdaptiveBlocks(BlockSchedule):
             raise ValueError("init_len, init_steps and max_steps must be > 0")
 
     def reset(self, req) -> None:
+        one_prompt_only(self, req)
         self.hist = ConfidenceHistory()
         self.info = {}
         self._dream = req.logit_shift
@@ -97,14 +98,16 @@ class AdaptiveBlocks(BlockSchedule):
 
     def next_block(self, start: int, ctx) -> Block:
         values = self.hist.values
+        # The code takes the mean of the last two in float32, for B and S alike.
+        c2 = float(torch.tensor(values[-2:], dtype=torch.float32).mean()) if values else 0.0
         if values and self.adaptive_len:
-            c2 = float(torch.tensor(values[-2:], dtype=torch.float32).mean())
             length = self.min_len + int((self.max_len - self.min_len) * c2)
+            length = min(max(length, self.min_len), self.max_len)
         else:
             length = self.init_len
-        length = min(max(length, self.min_len), self.max_len, ctx.gen_len - start)
+        length = min(length, ctx.gen_len - start)
         if values and self.adaptive_steps:
-            c = min(max(self.hist.mean(2), 0.0), 1.0)
+            c = min(max(c2, 0.0), 1.0)
             s = self.init_steps + int((self.max_steps - self.init_steps) * (1 - c))
             s = min(max(s, self.init_steps), self.max_steps)
             steps = max(1, int(s * length / self.init_len))

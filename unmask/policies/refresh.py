@@ -134,8 +134,8 @@ class DKVCache(RefreshPolicy):
     """dKV-Cache-Decode (Ma et al. 2025), delayed caching. Per block, steps 0 and 1 and every
     `interval`-th step are full forwards; other steps recompute every still-masked position of
     the canvas plus the positions revealed at the previous step (cached from the next step on,
-    once they carry their decoded identity); all other rows reuse K/V. Dream also recomputes a
-    row while the position it predicts (the next one) is masked."""
+    once they carry their decoded identity); all other rows reuse K/V. For Dream the rule moves
+    one row left: row p is recomputed while position p+1 is masked or was revealed last step."""
 
     name: ClassVar[str] = "dkv"
     interval: int = 8
@@ -159,10 +159,12 @@ class DKVCache(RefreshPolicy):
         i = ctx.step_in_block
         if i <= 1 or i % self.interval == 0 or self._prev is None:
             return FixedPlan(all_rows(ctx))
-        masked = ctx.masked
-        rows = masked | self._prev
-        if ctx.logit_shift:
-            rows[:, :-1] |= masked[:, 1:]
+        fresh = ctx.masked | self._prev  # not yet cached with its decoded identity
+        if not ctx.logit_shift:
+            return FixedPlan(fresh)
+        # Dream (the authors' shift_type "un"): row p is recomputed while p+1 is not cached yet.
+        rows = torch.zeros_like(fresh)
+        rows[:, :-1] = fresh[:, 1:]
         return FixedPlan(rows)
 
 
@@ -212,14 +214,25 @@ class DLLMCachePlan:
         P, G = ctx.gen_start, ctx.gen_len
         n = int(G * p.rho)
         if n > 0:
-            fresh = probe.values()[:, :, P:]  # [B, Hkv, G, Dh]
-            cached = probe.cache.v[layer][:, :, P:]
-            sim = torch.cosine_similarity(_flat_heads(fresh), _flat_heads(cached), dim=-1)  # [B, G]
-            pick = sim.topk(n, dim=-1, largest=False).indices
+            pick = v_moved(probe, P).topk(n, dim=-1).indices
             mask[:, P:].scatter_(1, pick, True)
-            probe.write_values = torch.zeros_like(mask)
-            probe.write_values[:, P:] = True
         return mask
+
+
+def v_moved(probe: LayerProbe, P: int) -> Tensor:
+    """1 - cos(fresh V, cached V) of every generated row [B, G], heads concatenated; the fresh
+    V then replaces the cached V of all generated rows (it has been computed anyway)."""
+    fresh = _flat_heads(probe.values()[:, :, P:])
+    cached = _flat_heads(probe.cache.v[probe.layer][:, :, P:])
+    refresh_values(probe, P)
+    return 1 - torch.cosine_similarity(fresh, cached, dim=-1)
+
+
+def refresh_values(probe: LayerProbe, P: int) -> None:
+    """Have the layer overwrite V of every generated row with fresh values (K stays limited to
+    the recomputed rows), as both dLLM-Cache's and Dynamic-dLLM's released code do."""
+    probe.write_values = torch.zeros(probe.x.shape[:2], dtype=torch.bool, device=probe.x.device)
+    probe.write_values[:, P:] = True
 
 
 def _flat_heads(v: Tensor) -> Tensor:
@@ -240,7 +253,9 @@ class DCU(RefreshPolicy):
     budgets proportional to each layer's mean movement at the previous step, summing to
     budget * n_layers; alloc=uniform is the released code's. budget/window default to
     gen_len/8. Prompt rows are recomputed every `prompt_interval` steps, all generated rows every
-    `gen_interval` (none: never after the first step); the rest add cached contributions."""
+    `gen_interval` (none: never after the first step); the rest add cached contributions.
+    fresh_v (default, as the released code): V of every generated row is refreshed each step
+    (computed anyway), K and the attention/MLP contributions only for the chosen rows."""
 
     name: ClassVar[str] = "dcu"
     features: ClassVar[bool] = True
@@ -251,6 +266,7 @@ class DCU(RefreshPolicy):
     layer0_full: bool = False
     prompt_interval: int | None = None
     gen_interval: int | None = None
+    fresh_v: bool = True
     _ctx: object = field(default=None, init=False, repr=False)
     _prev_in: list = field(default_factory=list, init=False, repr=False)
     _s_prev: Tensor | None = field(default=None, init=False, repr=False)
@@ -291,6 +307,8 @@ class DCU(RefreshPolicy):
         room = ctx.gen_len - window_span(window, ctx.gen_len)  # rows outside the window
         if self.alloc == "uniform" or self._s_prev is None or float(self._s_prev.sum()) <= 0:
             budgets = [min(budget, room)] * ctx.n_layers
+        elif self.layer0_full:  # layer 0 recomputes everything: the others share the total
+            budgets = [room] + water_fill(self._s_prev[1:], budget * (ctx.n_layers - 1), room)
         else:
             budgets = water_fill(self._s_prev, budget * ctx.n_layers, room)
         return DCUPlan(self, ctx, budgets)
@@ -306,8 +324,9 @@ class DCU(RefreshPolicy):
 
 
 def window_span(window: int, G: int) -> int:
-    """Rows in the mandatory window: [p - W/2, p + W/2] holds W+1 positions; W = 0: none."""
-    return min(window + 1, G) if window > 0 else 0
+    """Rows in the mandatory window [p - W//2, p + W//2]: 2*(W//2)+1 positions, as the released
+    code takes (W+1 for even W; W = 0: the key token alone)."""
+    return min(2 * (window // 2) + 1, G)
 
 
 def window_mask(key: Tensor, window: int, G: int) -> Tensor:
@@ -358,13 +377,10 @@ class DCUPlan:
             if prev is None:
                 return None
             moved = 1 - torch.cosine_similarity(now, prev, dim=-1)  # [B, G]
+            if p.fresh_v:
+                refresh_values(probe, P)
         else:
-            fresh = _flat_heads(probe.values()[:, :, P:])
-            moved = 1 - torch.cosine_similarity(
-                fresh, _flat_heads(probe.cache.v[layer][:, :, P:]), -1
-            )
-            probe.write_values = torch.zeros_like(ctx.canvas, dtype=torch.bool)
-            probe.write_values[:, P:] = True
+            moved = v_moved(probe, P)
         p._s_now[layer] = moved.mean().float().cpu()
         t = ctx.nfe
         if p.layer0_full and layer == 0:

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from unmask.policies.base import ConfidenceHistory, Policy
+from unmask.policies.base import ConfidenceHistory, Policy, one_prompt_only
 
 
 def sample_candidates(logits: Tensor, temperature: float, gen: torch.Generator) -> Tensor:
@@ -42,7 +42,7 @@ class MaxProb(Scorer):
 
     def score(self, logits: Tensor, ctx) -> tuple[Tensor, Tensor]:
         cand = sample_candidates(logits, ctx.temperature, ctx.generator)  # [B, L]
-        probs = torch.softmax(logits, dim=-1)
+        probs = torch.softmax(logits.double(), dim=-1)  # float64, as the LLaDA reference
         return cand, probs.gather(-1, cand[..., None]).squeeze(-1)
 
 
@@ -95,6 +95,7 @@ class TopV(Scorer):
             raise ValueError(f"need 0 < v_min <= v_max, got {self.v_min}, {self.v_max}")
 
     def reset(self, req) -> None:
+        one_prompt_only(self, req)
         self.hist = ConfidenceHistory()
         self.committed = []
         self.info = {}
@@ -102,7 +103,9 @@ class TopV(Scorer):
 
     def observe(self, event) -> None:
         self.hist.observe(event, self._dream)
-        # Commit order: step by step, left to right within a step (row 0: the reference is B=1).
+        if self._dream and event.step_in_block == 0:
+            return  # the Dream code leaves its block-start token out of the list, as the history
+        # Commit order: step by step, left to right within a step.
         self.committed = (self.committed + event.cand[0][event.reveal[0]].tolist())[-50:]
 
     def vocab_size(self, ctx) -> int:
@@ -128,7 +131,7 @@ class TopV(Scorer):
         top, idx = logits.double().topk(min(V, logits.shape[-1]), dim=-1)  # [B, L, V']
         probs = torch.softmax(top, dim=-1)
         hit = idx == cand[..., None]
-        conf = (probs * hit).sum(-1).float()  # 0 when the candidate is outside the top V
+        conf = (probs * hit).sum(-1)  # float64; 0 when the candidate is outside the top V
         self.info = {"vocab": V}
         return cand, conf
 

@@ -135,7 +135,9 @@ class APD(UnmaskRule):
         return self.scope == "gen"
 
     def reset(self, req) -> None:
-        self._thr = torch.full((req.batch, req.gen_len), self.tau, device=req.canvas.device)
+        self._thr = torch.full(
+            (req.batch, req.gen_len), self.tau, dtype=torch.float64, device=req.canvas.device
+        )
         self._prev = self._seen = None
         self.info = {}
 
@@ -145,10 +147,10 @@ class APD(UnmaskRule):
             logits, span = ctx.gen_logits, slice(0, ctx.gen_len)
         else:
             logits, span = ctx.logits, slice(lo, hi)
-        probs = torch.softmax(logits.float(), dim=-1)  # [B, S, V]
+        probs = torch.softmax(logits.double(), dim=-1)  # [B, S, V] float64, as the code
         if self._prev is None:
             B, G = self._thr.shape
-            self._prev = torch.zeros(B, G, probs.shape[-1], device=probs.device)
+            self._prev = torch.zeros(B, G, probs.shape[-1], dtype=probs.dtype, device=probs.device)
             self._seen = torch.zeros(B, G, dtype=torch.bool, device=probs.device)
         seen = self._seen[:, span]
         runner_up = probs.topk(2, dim=-1).values[..., 1]  # [B, S]
