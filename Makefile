@@ -11,6 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,evals]'
+	$(BIN)/python -m unmask.lm_eval_plugin install >/dev/null
 	touch $@
 
 demo: setup

@@ -8,6 +8,9 @@ other GSM8K test uses a small handmade file in the official format.
 from __future__ import annotations
 
 import json
+import site
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -362,3 +365,37 @@ def test_lm_eval_adapter_generate_until(tiny) -> None:
     assert len(texts) == 3 and all(isinstance(t, str) and "1" not in t for t in texts)
     with pytest.raises(NotImplementedError, match="generate_until"):
         lm.loglikelihood([])
+
+
+def test_lm_eval_plugin_registers_lazily_in_a_fresh_interpreter(tmp_path) -> None:
+    """The .pth line alone makes `--model unmask` resolvable, without importing torch first."""
+    pytest.importorskip("lm_eval", reason="lm_eval not installed")
+    from unmask import lm_eval_plugin
+
+    # -S: no site processing, so an installed .pth cannot do the work this line must do.
+    paths = [str(Path(__file__).resolve().parents[1]), *site.getsitepackages()]
+    code = (
+        f"import sys; sys.path[:0] = {paths!r}\n"
+        + lm_eval_plugin.PTH_LINE
+        + "import sys\n"
+        + "assert 'torch' not in sys.modules and 'lm_eval' not in sys.modules\n"
+        + "from lm_eval.api.registry import get_model\n"
+        + "cls = get_model('unmask')\n"
+        + "print(cls.__module__, cls.__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["unmask.lm_eval_adapter", "UnmaskLM"]
+
+
+def test_lm_eval_plugin_cli(tmp_path, monkeypatch, capsys) -> None:
+    from unmask import lm_eval_plugin
+
+    target = tmp_path / lm_eval_plugin.PTH_NAME
+    monkeypatch.setattr(lm_eval_plugin, "pth_path", lambda: target)
+    assert lm_eval_plugin.main(["install"]) == 0
+    assert target.read_text() == lm_eval_plugin.PTH_LINE
+    assert lm_eval_plugin.main(["uninstall"]) == 0 and not target.exists()
+    assert lm_eval_plugin.main(["bogus"]) == 2
