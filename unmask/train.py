@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 500
     threads: int = 0  # 0: torch's default
+    compile: bool = False  # torch.compile the forward/backward (~1.2x per step on this CPU)
     eps: float = 1e-3  # smallest mask ratio, as in LLaDA
 
 
@@ -169,9 +170,10 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
         saved = TrainConfig(**state["config"])
         if saved.family != cfg.family:
             raise ValueError(f"{out} holds a {saved.family} run; pass a fresh --out")
-        # What may change across a resume: length, cadence, threads, batch size (the data stream
-        # is indexed by step, so a new batch size just draws other samples).
+        # What may change across a resume: length, cadence, threads, compile, batch size (the
+        # data stream is indexed by step, so a new batch size just draws other samples).
         saved.steps, saved.save_every, saved.threads = cfg.steps, cfg.save_every, cfg.threads
+        saved.compile = cfg.compile
         saved.batch = cfg.batch
         cfg = saved
     else:
@@ -198,6 +200,8 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     history_path = out / "history.jsonl"
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.family}", unit="step")
     model.train()
+    # Compiled or not, the parameters are the model's own: state and checkpoint are unchanged.
+    forward = torch.compile(model, dynamic=True) if cfg.compile else model
     ema = None
     while step < cfg.steps:
         t0 = time.perf_counter()
@@ -205,7 +209,7 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
-        loss = diffusion_loss(model, ids, is_answer, gen, cfg.eps)
+        loss = diffusion_loss(forward, ids, is_answer, gen, cfg.eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
