@@ -56,6 +56,12 @@ examples:
 """
 
 
+MODEL_HELP = (
+    "tiny-llada, tiny-dream or a checkpoint directory in the Hub layout (default: tiny-llada)"
+)
+DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda if there is one, else cpu)"
+
+
 class CliError(Exception):
     """Bad input: printed as one line, exit status 2."""
 
@@ -390,8 +396,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default="tiny-llada",
-        help="tiny-llada, tiny-dream or a checkpoint "
-        "directory in the Hub layout (default: tiny-llada)",
+        help=MODEL_HELP,
     )
     g.add_argument("--recipe", default="vanilla", help="preset or spec (default: vanilla)")
     g.add_argument(
@@ -407,7 +412,7 @@ def parser() -> argparse.ArgumentParser:
         help="block length for schedules that take the request's (default: 32)",
     )
     g.add_argument("--raw", action="store_true", help="do not apply the chat template")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
+    g.add_argument("--device", default=None, help=DEVICE_HELP)
     g.add_argument(
         "--json", action="store_true", help="print one JSON object: text, generated ids, metrics"
     )
@@ -433,9 +438,9 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG_EVAL,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument("--model", default="tiny-llada")
+    e.add_argument("--model", default="tiny-llada", help=MODEL_HELP)
     _task_args(e, default_n=100)
-    e.add_argument("--recipe", default="vanilla")
+    e.add_argument("--recipe", default="vanilla", help="preset or spec (default: vanilla)")
     e.add_argument(
         "--batch",
         type=_positive,
@@ -451,7 +456,7 @@ def parser() -> argparse.ArgumentParser:
         help="write per-sample records (prompt, answer, reference, correct, nfe, rows, wall_s, "
         "...) here as JSONL",
     )
-    e.add_argument("--device", default=None)
+    e.add_argument("--device", default=None, help=DEVICE_HELP)
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser(
@@ -462,7 +467,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG_BENCH,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    b.add_argument("--model", default="tiny-llada")
+    b.add_argument("--model", default="tiny-llada", help=MODEL_HELP)
     _task_args(b, default_n=20)
     b.add_argument(
         "--recipes",
@@ -484,7 +489,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="accuracy vs answer tokens/s PNG, plus per-recipe step plots beside it",
     )
-    b.add_argument("--device", default=None)
+    b.add_argument("--device", default=None, help=DEVICE_HELP)
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser(
