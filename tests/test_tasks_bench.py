@@ -301,6 +301,34 @@ def test_eval_cli_writes_records(tiny, tmp_path: Path, capsys) -> None:
     assert summary["task"] == "reverse" and summary["n"] == 2 and summary["gen_len"] == 8
 
 
+def test_start_selects_a_later_slice_of_the_test_split(tiny, tmp_path: Path, capsys) -> None:
+    """--start k --n 2 decodes exactly samples k, k+1 of the default run, in eval and bench."""
+    base = ["--model", str(tiny[0]), "--task", "reverse", "--gen-len", "8"]
+    full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
+    assert cli.main(["eval", *base, "--n", "5", "--jsonl", str(full)]) == 0
+    assert cli.main(["eval", *base, "--n", "2", "--start", "3", "--jsonl", str(part)]) == 0
+    keep = ("index", "prompt", "answer", "correct", "nfe", "rows")
+    want = [{k: r[k] for k in keep} for r in map(json.loads, full.read_text().splitlines())][3:]
+    got = [{k: r[k] for k in keep} for r in map(json.loads, part.read_text().splitlines())]
+    assert got == want and [r["index"] for r in got] == [3, 4]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["start"] == 3
+    records = tmp_path / "bench.jsonl"
+    argv = ["bench", *base, "--n", "2", "--start", "3", "--records", str(records)]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["start"] == 3 and result["n"] == 2
+    rows = [json.loads(x) for x in records.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [w["prompt"] for w in want]
+
+
+def test_start_past_the_end_is_a_one_line_error(gsm8k_dir: Path, capsys) -> None:
+    argv = ["--task", "gsm8k", "--data", str(gsm8k_dir / "test.jsonl"), "--start", "100000"]
+    for command in ("eval", "bench"):
+        assert cli.main([command, *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "no test samples from index 100000" in err and "\n" not in err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -155,12 +155,13 @@ def bench(
     warmup: int = 1,
     progress: bool = True,
     chat: bool = True,
+    start: int = 0,
 ) -> tuple[list[dict], list[Record]]:
-    """Every recipe on the same n test samples, in interleaved order so that machine noise hits
-    all alike, after `warmup` untimed samples per recipe."""
-    samples = task.samples("test", n)
+    """Every recipe on the same n test samples (from index `start`), in interleaved order so
+    that machine noise hits all alike, after `warmup` untimed samples per recipe."""
+    samples = task.samples("test", n, start=start)
     for recipe in recipes:
-        for s in task.samples("test", warmup, start=n) or samples[:warmup]:
+        for s in task.samples("test", warmup, start=start + n) or samples[:warmup]:
             generate(
                 lm, s.prompt, recipe, gen_len=task.gen_len, block_len=task.block_len, chat=chat
             )
@@ -168,7 +169,7 @@ def bench(
     bar = tqdm(total=len(samples) * len(recipes), desc="bench", unit="run", disable=not progress)
     for i, s in enumerate(samples):
         for recipe in recipes:
-            records[recipe.name] += run_samples(lm, task, recipe, [s], start=i, chat=chat)
+            records[recipe.name] += run_samples(lm, task, recipe, [s], start=start + i, chat=chat)
             bar.set_postfix(recipe=recipe.name)
             bar.update(1)
     bar.close()

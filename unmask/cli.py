@@ -181,13 +181,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     recipe = parse(args.recipe)
     task = _task(args)
-    samples = task.samples("test", args.n)
+    samples = task.samples("test", args.n, start=args.start)
     if not samples:
-        raise CliError(f"{args.task}: the test split is empty")
+        raise CliError(f"{args.task}: no test samples from index {args.start}")
     lm = load(args.model, device=_device(args.device))
     chat = not args.raw
-    _fit(lm, task, recipe, args.n, chat)
-    samples = task.samples("test", args.n)
+    _fit(lm, task, recipe, args.start + args.n, chat)
+    samples = task.samples("test", args.n, start=args.start)
     records = []
     # Records are written as they come, so a long run that stops early keeps what it measured.
     with open(args.json or os.devnull, "w") as out:
@@ -195,14 +195,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             range(0, len(samples), args.batch), desc=f"eval {recipe.name}", unit="batch"
         ):
             chunk = samples[lo : lo + args.batch]
-            new = run_samples(lm, task, recipe, chunk, lo, args.batch, chat=chat)
+            new = run_samples(lm, task, recipe, chunk, args.start + lo, args.batch, chat=chat)
             for r in record_dicts(new):
                 out.write(json.dumps(r) + "\n")
             out.flush()
             records += new
     summary = summarize(recipe, records)
     summary.update(
-        model=str(args.model), task=args.task, shots=task.shots, gen_len=task.gen_len, chat=chat
+        model=str(args.model),
+        task=args.task,
+        start=args.start,
+        shots=task.shots,
+        gen_len=task.gen_len,
+        chat=chat,
     )
     extras = "".join(
         f", {k} {v:.3f}" for k, v in summary.items() if k in ("strict_match", "flexible_extract")
@@ -229,6 +234,7 @@ def run_bench(
     step_plots: bool = False,
     chat: bool = True,
     records_path: str | None = None,
+    start: int = 0,
 ) -> dict:
     from unmask.bench import bench, machine, table, trace
     from unmask.models.load import load
@@ -238,14 +244,17 @@ def run_bench(
     names = [r.name for r in recipes]
     if len(set(names)) != len(names):
         raise CliError(f"each recipe may appear once: {', '.join(names)}")
+    if not task.samples("test", 1, start=start):
+        raise CliError(f"{task.name}: no test samples from index {start}")
     lm = load(model, device=_device(device))
     for recipe in recipes:
-        _fit(lm, task, recipe, n + warmup, chat)
-    rows, records = bench(lm, task, recipes, n, warmup=warmup, chat=chat)
+        _fit(lm, task, recipe, start + n + warmup, chat)
+    rows, records = bench(lm, task, recipes, n, warmup=warmup, chat=chat, start=start)
     result = {
         "model": str(model),
         "task": task.name,
         "n": len(records) // len(recipes),
+        "start": start,
         "gen_len": task.gen_len,
         "machine": machine(),
         "runs": rows,
@@ -269,7 +278,7 @@ def run_bench(
         from pathlib import Path
 
         stem = Path(plot_path).with_suffix("")
-        sample = task.samples("test", 1)[0]
+        sample = task.samples("test", 1, start=start)[0]
         for recipe in recipes:
             events = trace(lm, task, recipe, sample, chat=chat)
             _step_plots(
@@ -299,6 +308,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         step_plots=True,
         chat=not args.raw,
         records_path=args.records,
+        start=args.start,
     )
     print(json.dumps(result))
     return 0
@@ -365,6 +375,13 @@ def _task_args(p: argparse.ArgumentParser, default_n: int) -> None:
     p.add_argument("--data", metavar="PATH", default=None, help="the benchmark's data file")
     p.add_argument(
         "--n", type=_positive, default=default_n, help=f"test samples (default: {default_n})"
+    )
+    p.add_argument(
+        "--start",
+        type=_nonnegative,
+        default=0,
+        help="index of the first test sample (default: 0). Tune settings on a slice such as "
+        "--start 1000 and report on the default one",
     )
     p.add_argument(
         "--shots", type=_nonnegative, default=None, help="few-shot exemplars (default: the task's)"
