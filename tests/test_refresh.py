@@ -3,11 +3,13 @@ when told to refresh everything, DCU's window and budgets, APD's reduction to a 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from unmask.generate import generate, stream_generate
-from unmask.policies.refresh import water_fill, window_mask
+from unmask.policies.refresh import DCU, water_fill, window_mask
 from unmask.recipe import parse
 
 THRESHOLD = "vanilla+unmask=threshold:tau=0.3,dream_first=false"
@@ -145,3 +147,10 @@ def test_dream_dual_cache_recomputes_only_the_block(ckpt_root):
 def test_cadllm_refuses_a_batch(tiny_loaded):
     with pytest.raises(ValueError, match="one prompt at a time"):
         generate(tiny_loaded, [PROMPT, PROMPT], parse("cadllm"), gen_len=16)
+
+
+def test_dcu_default_sizes_follow_the_paper() -> None:
+    """B = W = 32 (the paper's setting at gen_len 256), scaled by gen_len/8 only above that."""
+    for gen_len, want in ((16, 32), (64, 32), (256, 32), (512, 64), (1024, 128)):
+        assert DCU().sizes(SimpleNamespace(gen_len=gen_len)) == (want, want)
+    assert DCU(budget=8, window=4).sizes(SimpleNamespace(gen_len=512)) == (8, 4)

@@ -44,7 +44,7 @@ PRESETS: dict[str, str] = {
     # Layer 0 always recomputed, as the authors' current code does.
     "dllm-cache": "vanilla+blocks=fixed:len=8+refresh=dllm-cache:kp=50,kr=7,rho=0.25,"
     "layer0_full=true",
-    # Dynamic-dLLM (Wu et al. 2026), paper form: block 32, DCU with budget = window = gen_len/8,
+    # Dynamic-dLLM (Wu et al. 2026), paper form: block 32, DCU budget = window = max(32, gen_len/8),
     # x proxy, proportional layer budgets; APD tau 0.9, alpha 0.001, beta 0.0008 per token.
     # Layer 0 is recomputed in full every step (METHODS 3.6), V of every response row is fresh.
     "dynamic-dllm": "vanilla+blocks=fixed:len=32+refresh=dcu:layer0_full=true+unmask=apd",

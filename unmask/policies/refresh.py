@@ -244,6 +244,9 @@ def _flat_heads(v: Tensor) -> Tensor:
 REGISTRY.update({c.name: c for c in (DKVCache, DLLMCache)})
 
 
+PAPER_BUDGET = 32  # Dynamic-dLLM's B_layer = B_window at gen_len 256
+
+
 @dataclass
 class DCU(RefreshPolicy):
     """Dynamic-dLLM's Dynamic Cache Updating. Each layer recomputes a mandatory window of
@@ -251,9 +254,13 @@ class DCU(RefreshPolicy):
     `budget` generated rows whose layer input moved most since the previous step (cosine
     distance of the normalised input; proxy=v: of V, as the released code). Paper form: layer
     budgets proportional to each layer's mean movement at the previous step, summing to
-    budget * n_layers; alloc=uniform is the released code's. budget/window default to
-    gen_len/8. Prompt rows are recomputed every `prompt_interval` steps, all generated rows every
-    `gen_interval` (none: never after the first step); the rest add cached contributions.
+    budget * n_layers; alloc=uniform is the released code's. budget/window default to the
+    paper's B = W = 32 (its setting at gen_len 256, where its budget sweep saturates), scaled
+    up by its rule gen_len/8 beyond that (64 at 512): max(32, gen_len/8). The rule is never
+    applied below 256, where the paper gives no value (at gen_len 64 it would leave a 9-row
+    window inside a 32-row block). Prompt rows are recomputed every `prompt_interval` steps,
+    all generated rows every `gen_interval` (none: never after the first step); the rest add
+    cached contributions.
     fresh_v (default, as the released code): V of every generated row is refreshed each step
     (computed anyway), K and the attention/MLP contributions only for the chosen rows."""
 
@@ -293,7 +300,7 @@ class DCU(RefreshPolicy):
         self.info = {}
 
     def sizes(self, ctx) -> tuple[int, int]:
-        auto = max(1, ctx.gen_len // 8)
+        auto = max(PAPER_BUDGET, ctx.gen_len // 8)
         return (
             auto if self.budget is None else self.budget,
             auto if self.window is None else self.window,
