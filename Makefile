@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,evals]'
+	$(BIN)/pip install --quiet -e '.[dev,evals,lmeval]'
 	$(BIN)/python -m unmask.lm_eval_plugin install >/dev/null
 	touch $@
 
