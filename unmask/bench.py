@@ -147,6 +147,10 @@ def trace(
     )
 
 
+def mean_correct(records: list[Record]) -> float:
+    return sum(r.correct for r in records) / max(1, len(records))
+
+
 def bench(
     lm: Loaded,
     task: Task,
@@ -166,13 +170,25 @@ def bench(
                 lm, s.prompt, recipe, gen_len=task.gen_len, block_len=task.block_len, chat=chat
             )
     records: dict[str, list[Record]] = {r.name: [] for r in recipes}
-    bar = tqdm(total=len(samples) * len(recipes), desc="bench", unit="run", disable=not progress)
+    # One bar per recipe (they advance together: the order is interleaved).
+    width = max(len(r.name) for r in recipes)
+    bars = {
+        r.name: tqdm(
+            total=len(samples),
+            desc=r.name.ljust(width),
+            unit="sample",
+            position=i,
+            disable=not progress,
+        )
+        for i, r in enumerate(recipes)
+    }
     for i, s in enumerate(samples):
         for recipe in recipes:
             records[recipe.name] += run_samples(lm, task, recipe, [s], start=start + i, chat=chat)
-            bar.set_postfix(recipe=recipe.name)
-            bar.update(1)
-    bar.close()
+            bars[recipe.name].set_postfix(acc=f"{mean_correct(records[recipe.name]):.3f}")
+            bars[recipe.name].update(1)
+    for bar in bars.values():
+        bar.close()
     rows = [summarize(r, records[r.name]) for r in recipes]
     for ref in REFERENCES:
         base = next((r for r in rows if r["recipe"] == ref), None)
