@@ -7,7 +7,6 @@ model=${1:?model}; tag=${2:?tag}; n=${3:-200}
 out=runs/bench/$tag; mkdir -p "$out"
 u=".venv/bin/unmask"
 family=llada; [[ "$tag" == *dream* ]] && family=dream
-cad=cadllm; [[ $family == dream ]] && cad=cadllm-dream
 
 # issue 3: the threshold trade-off (no cache), same problems
 $u bench --model "$model" --task arith --n "$n" --json "$out/tau.json" --plot "$out/tau.png" \

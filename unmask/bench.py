@@ -86,13 +86,18 @@ def run_samples(
     return out
 
 
+def accuracy(records: list[Record]) -> float:
+    """Fraction of records scored correct (0 for none)."""
+    return sum(r.correct for r in records) / max(1, len(records))
+
+
 def summarize(recipe: Recipe, records: list[Record]) -> dict:
     n = len(records)
     wall = sum(r.wall_s for r in records)
     summary = {
         "recipe": recipe.name,
         "spec": recipe.spec,
-        "accuracy": sum(r.correct for r in records) / n,
+        "accuracy": accuracy(records),
         "n": n,
         "nfe_per_sample": sum(r.nfe for r in records) / n,
         "rows_per_sample": sum(r.rows for r in records) / n,
@@ -147,10 +152,6 @@ def trace(
     )
 
 
-def mean_correct(records: list[Record]) -> float:
-    return sum(r.correct for r in records) / max(1, len(records))
-
-
 def bench(
     lm: Loaded,
     task: Task,
@@ -185,7 +186,7 @@ def bench(
     for i, s in enumerate(samples):
         for recipe in recipes:
             records[recipe.name] += run_samples(lm, task, recipe, [s], start=start + i, chat=chat)
-            bars[recipe.name].set_postfix(acc=f"{mean_correct(records[recipe.name]):.3f}")
+            bars[recipe.name].set_postfix(acc=f"{accuracy(records[recipe.name]):.3f}")
             bars[recipe.name].update(1)
     for bar in bars.values():
         bar.close()

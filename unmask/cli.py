@@ -60,6 +60,7 @@ MODEL_HELP = (
     "tiny-llada, tiny-dream or a checkpoint directory in the Hub layout (default: tiny-llada)"
 )
 DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda if there is one, else cpu)"
+RECIPE_HELP = "preset or spec (default: vanilla)"
 
 
 class CliError(Exception):
@@ -415,7 +416,7 @@ def parser() -> argparse.ArgumentParser:
         default="tiny-llada",
         help=MODEL_HELP,
     )
-    g.add_argument("--recipe", default="vanilla", help="preset or spec (default: vanilla)")
+    g.add_argument("--recipe", default="vanilla", help=RECIPE_HELP)
     g.add_argument(
         "--gen-len",
         type=_positive,
@@ -457,7 +458,7 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--model", default="tiny-llada", help=MODEL_HELP)
     _task_args(e, default_n=100)
-    e.add_argument("--recipe", default="vanilla", help="preset or spec (default: vanilla)")
+    e.add_argument("--recipe", default="vanilla", help=RECIPE_HELP)
     e.add_argument(
         "--batch",
         type=_positive,
@@ -517,7 +518,7 @@ def parser() -> argparse.ArgumentParser:
         "accuracy/speed plot demo.png (plus per-recipe step plots beside it).",
     )
     d.add_argument("--n", type=_positive, default=20)
-    d.add_argument("--model", default="tiny-llada", help="default: %(default)s")
+    d.add_argument("--model", default="tiny-llada", help=MODEL_HELP)
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser(
