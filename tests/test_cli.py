@@ -58,10 +58,13 @@ def test_generate_json_has_text_ids_and_metrics(tiny, capsys):
         (["generate", "--recipe", "vanilla+blocks=fixed:len=abc", "x"], "'abc' is not a valid"),
         (["generate", "--recipe", "fast-dllm+unmask=threshold:tua=0.5", "x"], "unknown parameter"),
         (["generate", "--model", "/no/such/dir", "x"], "no model '/no/such/dir'"),
+        (["generate", "--device", "foo", "x"], "unknown device 'foo'"),
+        (["generate", "--device", "cuda:99", "x"], "CUDA GPU"),
+        (["train", "--device", "mps", "--out", "/nonexistent/x"], "unsupported device 'mps'"),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny, argv, message, capsys):
-    if "--model" not in argv:
+    if "--model" not in argv and argv[0] != "train":
         argv = [argv[0], "--model", str(tiny[0]), *argv[1:]]
     code, _, err = run(argv, capsys)
     assert code == 2

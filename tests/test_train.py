@@ -65,3 +65,14 @@ def test_resume_continues_the_same_run(tmp_path):
     lm = load(tmp_path / "resumed" / "checkpoint")
     out = generate(lm, "Reverse the list: 1 2 3", parse("vanilla"), gen_len=8, block_len=8)[0]
     assert len(out.ids) == 8
+
+
+def test_worker_processes_build_the_same_batches_in_order(tmp_path):
+    cfg = tiny_cfg(tmp_path / "w", steps=3)
+    train(cfg, log=lambda *_: None)  # builds the tokenizer
+    data = Batches(cfg, Tokenizer.from_dir(tmp_path / "w" / "tokenizer"))
+    inline = list(data.stream(4, 9, workers=0))
+    ahead = list(data.stream(4, 9, workers=2))
+    assert len(inline) == len(ahead) == 5
+    for (a_ids, a_mask), (b_ids, b_mask) in zip(inline, ahead, strict=True):
+        assert torch.equal(a_ids, b_ids) and torch.equal(a_mask, b_mask)

@@ -60,6 +60,11 @@ MODEL_HELP = (
     "tiny-llada, tiny-dream or a checkpoint directory in the Hub layout (default: tiny-llada)"
 )
 DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda if there is one, else cpu)"
+DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_HELP = (
+    "weights and activations: float32, bfloat16 or float16 (default: float32 on a CPU, "
+    "else the checkpoint's torch_dtype, bfloat16 when it names none)"
+)
 RECIPE_HELP = "preset or spec (default: vanilla)"
 
 
@@ -90,9 +95,27 @@ def _nonnegative(text: str) -> int:
 def _device(name: str | None) -> str:
     import torch
 
-    if name:
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CliError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise CliError(f"--device {name}: this machine has no CUDA GPU (use --device cpu)")
+        if dev.index is not None and dev.index >= count:
+            raise CliError(f"--device {name}: this machine has {count} CUDA GPU(s)")
+    elif dev.type != "cpu":
+        raise CliError(f"unsupported device {name!r}: use cpu, cuda or cuda:N")
+    return name
+
+
+def _dtype(name: str | None):
+    import torch
+
+    return getattr(torch, name) if name else None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -103,7 +126,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise CliError("empty prompt")
     recipe = parse(args.recipe)
-    lm = load(args.model, device=_device(args.device))
+    lm = load(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
     events = list(
         stream_generate(
             lm,
@@ -185,7 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     samples = task.samples("test", args.n, start=args.start)
     if not samples:
         raise CliError(f"{args.task}: no test samples from index {args.start}")
-    lm = load(args.model, device=_device(args.device))
+    lm = load(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
     chat = not args.raw
     _fit(lm, task, recipe, args.start + args.n, chat)
     samples = task.samples("test", args.n, start=args.start)
@@ -209,6 +232,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         shots=task.shots,
         gen_len=task.gen_len,
         chat=chat,
+        device=str(next(lm.model.parameters()).device),
+        dtype=str(next(lm.model.parameters()).dtype).removeprefix("torch."),
     )
     extras = "".join(
         f", {k} {v:.3f}" for k, v in summary.items() if k in ("strict_match", "flexible_extract")
@@ -236,6 +261,7 @@ def run_bench(
     chat: bool = True,
     records_path: str | None = None,
     start: int = 0,
+    dtype: str | None = None,
 ) -> dict:
     from unmask.bench import bench, machine, table, trace
     from unmask.models.load import load
@@ -247,7 +273,7 @@ def run_bench(
         raise CliError(f"each recipe may appear once: {', '.join(names)}")
     if not task.samples("test", 1, start=start):
         raise CliError(f"{task.name}: no test samples from index {start}")
-    lm = load(model, device=_device(device))
+    lm = load(model, device=_device(device), dtype=_dtype(dtype))
     for recipe in recipes:
         _fit(lm, task, recipe, start + n + warmup, chat)
     rows, records = bench(lm, task, recipes, n, warmup=warmup, chat=chat, start=start)
@@ -258,6 +284,8 @@ def run_bench(
         "start": start,
         "gen_len": task.gen_len,
         "machine": machine(),
+        "device": str(next(lm.model.parameters()).device),
+        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
         "runs": rows,
     }
     print(table(rows), file=sys.stderr)
@@ -310,6 +338,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         chat=not args.raw,
         records_path=args.records,
         start=args.start,
+        dtype=args.dtype,
     )
     print(json.dumps(result))
     return 0
@@ -361,6 +390,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         save_every=args.save_every,
         threads=args.threads,
         compile=args.compile,
+        device=_device(args.device),
+        workers=args.workers,
     )
     path = train(cfg, resume=not args.fresh)
     print(f"checkpoint: {path}")
@@ -431,6 +462,7 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--raw", action="store_true", help="do not apply the chat template")
     g.add_argument("--device", default=None, help=DEVICE_HELP)
+    g.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
     g.add_argument(
         "--json", action="store_true", help="print one JSON object: text, generated ids, metrics"
     )
@@ -475,6 +507,7 @@ def parser() -> argparse.ArgumentParser:
         "...) here as JSONL",
     )
     e.add_argument("--device", default=None, help=DEVICE_HELP)
+    e.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser(
@@ -508,6 +541,7 @@ def parser() -> argparse.ArgumentParser:
         help="accuracy vs answer tokens/s PNG, plus per-recipe step plots beside it",
     )
     b.add_argument("--device", default=None, help=DEVICE_HELP)
+    b.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser(
@@ -544,6 +578,13 @@ def parser() -> argparse.ArgumentParser:
         "--compile",
         action="store_true",
         help="torch.compile the training step (slow first steps, then ~1.2x faster on CPU)",
+    )
+    t.add_argument("--device", default=None, help=DEVICE_HELP)
+    t.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that build batches ahead of the steps; a GPU needs a few (default: 0)",
     )
     t.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     t.set_defaults(func=cmd_train)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,8 @@ class TrainConfig:
     save_every: int = 500
     threads: int = 0  # 0: torch's default
     compile: bool = False  # torch.compile the forward/backward (~1.2x per step on this CPU)
+    device: str = "cpu"  # where the steps run; data and random draws stay on the CPU
+    workers: int = 0  # processes building batches ahead of the steps (a GPU outruns one core)
     eps: float = 1e-3  # smallest mask ratio, as in LLaDA
 
 
@@ -56,7 +59,7 @@ def chat_ids(tok: Tokenizer, prompt: str) -> list[int]:
     return tok.encode(text)
 
 
-class Batches:
+class Batches(torch.utils.data.Dataset):
     """Deterministic stream: batch k is a pure function of (config, k)."""
 
     def __init__(self, cfg: TrainConfig, tok: Tokenizer):
@@ -88,6 +91,24 @@ class Batches:
             is_answer[b, len(p) :] = True  # trailing EOS padding is answer too
         return ids, is_answer
 
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.get(k)
+
+    def stream(self, start: int, stop: int, workers: int):
+        """Batches start..stop-1 in order, built by `workers` processes ahead of use (0: inline)."""
+        if workers == 0:
+            return (self.get(k) for k in range(start, stop))
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers; no warning
+        loader = torch.utils.data.DataLoader(
+            self,
+            batch_size=None,
+            sampler=range(start, stop),
+            num_workers=workers,
+            prefetch_factor=8,
+            persistent_workers=False,
+        )
+        return iter(loader)
+
 
 def diffusion_loss(
     model: Transformer, ids: torch.Tensor, is_answer: torch.Tensor, gen: torch.Generator, eps: float
@@ -97,9 +118,11 @@ def diffusion_loss(
     B, T = ids.shape
     # Stratified t (one uniform offset, B evenly spaced strata, shuffled): the same marginal
     # U(eps, 1) per example with a lower-variance batch loss, as in MDLM's sampler.
+    # The draws come from a CPU generator, so a run's masks are the same on every device.
     u = (torch.arange(B) + torch.rand(1, generator=gen)) / B
     t = (eps + (1 - eps) * u[torch.randperm(B, generator=gen)])[:, None]  # [B, 1]
-    masked = (torch.rand(B, T, generator=gen) < t) & is_answer  # [B, T]
+    masked = (torch.rand(B, T, generator=gen) < t).to(ids.device) & is_answer  # [B, T]
+    t = t.to(ids.device)
     noisy = torch.where(masked, torch.full_like(ids, a.mask_id), ids)
     logits = model(noisy)  # [B, T, V]
     if a.logit_shift:
@@ -158,6 +181,17 @@ def export(model: Transformer, tok: Tokenizer, tok_dir: Path, out: Path) -> None
     ckpt.save(model, out, tok_dir, pad_id=model.args.eos_id, tokenizer_vocab_size=tok.vocab_size)
 
 
+def _cpu(obj):
+    """A state dict with every tensor on the CPU, so a state saved on a GPU resumes anywhere."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu(v) for v in obj]
+    return obj
+
+
 def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,14 +200,14 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     tok_dir = out / "tokenizer"
     state_path = out / STATE
     if resume and state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
         saved = TrainConfig(**state["config"])
         if saved.family != cfg.family:
             raise ValueError(f"{out} holds a {saved.family} run; pass a fresh --out")
         # What may change across a resume: length, cadence, threads, compile, batch size (the
         # data stream is indexed by step, so a new batch size just draws other samples).
         saved.steps, saved.save_every, saved.threads = cfg.steps, cfg.save_every, cfg.threads
-        saved.compile = cfg.compile
+        saved.compile, saved.device, saved.workers = cfg.compile, cfg.device, cfg.workers
         saved.batch = cfg.batch
         cfg = saved
     else:
@@ -182,7 +216,8 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     tok = Tokenizer.from_dir(tok_dir)
     torch.manual_seed(cfg.seed)
-    model = new_model(cfg, tok)
+    device = torch.device(cfg.device)
+    model = new_model(cfg, tok).to(device)
     decay = [p for p in model.parameters() if p.dim() == 2]
     other = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -193,7 +228,7 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     step, wall = 0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        opt.load_state_dict(state["opt"])  # moves the moments to the parameters' device
         step, wall = state["step"], state["wall_s"]
         log(f"resumed {out} at step {step} ({wall / 60:.1f} min trained so far)")
     data = Batches(cfg, tok)
@@ -203,9 +238,10 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     # Compiled or not, the parameters are the model's own: state and checkpoint are unchanged.
     forward = torch.compile(model, dynamic=True) if cfg.compile else model
     ema = None
+    batches = data.stream(step, cfg.steps, cfg.workers)
+    t0 = time.perf_counter()
     while step < cfg.steps:
-        t0 = time.perf_counter()
-        ids, is_answer = data.get(step)
+        ids, is_answer = (x.to(device) for x in next(batches))
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
@@ -215,7 +251,8 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        dt = time.perf_counter() - t0
+        now = time.perf_counter()
+        dt, t0 = now - t0, now
         wall += dt
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{ids.numel() / dt:.0f}")
@@ -224,8 +261,8 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
             torch.save(
                 {
                     "config": asdict(cfg),
-                    "model": model.state_dict(),
-                    "opt": opt.state_dict(),
+                    "model": _cpu(model.state_dict()),
+                    "opt": _cpu(opt.state_dict()),
                     "step": step,
                     "wall_s": wall,
                 },
