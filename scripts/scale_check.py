@@ -49,7 +49,7 @@ SHAPES = {  # from the released config.json files
         logit_shift=True,
     ),
 }
-TOKENIZERS = {"llada": "unmask/checkpoints/tiny-llada", "dream": "runs/tiny-dream/checkpoint"}
+TOKENIZERS = {"llada": "unmask/checkpoints/tiny-llada", "dream": "unmask/checkpoints/tiny-dream"}
 
 
 def main() -> None:
