@@ -154,3 +154,18 @@ def test_dcu_default_sizes_follow_the_paper() -> None:
     for gen_len, want in ((16, 32), (64, 32), (256, 32), (512, 64), (1024, 128)):
         assert DCU().sizes(SimpleNamespace(gen_len=gen_len)) == (want, want)
     assert DCU(budget=8, window=4).sizes(SimpleNamespace(gen_len=512)) == (8, 4)
+
+
+@pytest.mark.parametrize("proxy", ["x", "v"])
+def test_dcu_fresh_v_switch_is_honoured_by_both_proxies(tiny_loaded, proxy):
+    """fresh_v=false keeps the cached V of rows DCU skips; true overwrites it with the fresh V.
+    The recomputed rows attend to those values, so their confidences must differ somewhere."""
+
+    def confs(fresh):
+        spec = (
+            f"vanilla+refresh=dcu:budget=2,window=2,layer0_full=false,proxy={proxy},fresh_v={fresh}"
+        )
+        return [ev.conf for ev in stream_generate(tiny_loaded, PROMPT, parse(spec), gen_len=24)]
+
+    a, b = confs("true"), confs("false")
+    assert len(a) == len(b) and any(not torch.equal(x, y) for x, y in zip(a, b, strict=True))

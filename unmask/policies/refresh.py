@@ -219,12 +219,14 @@ class DLLMCachePlan:
         return mask
 
 
-def v_moved(probe: LayerProbe, P: int) -> Tensor:
-    """1 - cos(fresh V, cached V) of every generated row [B, G], heads concatenated; the fresh
-    V then replaces the cached V of all generated rows (it has been computed anyway)."""
+def v_moved(probe: LayerProbe, P: int, refresh: bool = True) -> Tensor:
+    """1 - cos(fresh V, cached V) of every generated row [B, G], heads concatenated. With
+    `refresh`, the fresh V then replaces the cached V of all generated rows (it has been computed
+    anyway, and both released codes keep it)."""
     fresh = _flat_heads(probe.values()[:, :, P:])
     cached = _flat_heads(probe.cache.v[probe.layer][:, :, P:])
-    refresh_values(probe, P)
+    if refresh:
+        refresh_values(probe, P)
     return 1 - torch.cosine_similarity(fresh, cached, dim=-1)
 
 
@@ -277,7 +279,7 @@ class DCU(RefreshPolicy):
     _ctx: object = field(default=None, init=False, repr=False)
     _prev_in: list = field(default_factory=list, init=False, repr=False)
     _s_prev: Tensor | None = field(default=None, init=False, repr=False)
-    _s_now: Tensor | None = field(default=None, init=False, repr=False)
+    _s_now: list[Tensor | None] | None = field(default=None, init=False, repr=False)
     _key: Tensor | None = field(default=None, init=False, repr=False)
     info: dict = field(default_factory=dict, init=False, repr=False)
 
@@ -307,9 +309,10 @@ class DCU(RefreshPolicy):
         )
 
     def plan(self, ctx) -> DCUPlan:
-        if self._s_now is not None:
-            self._s_prev = self._s_now
-        self._s_now = torch.zeros(ctx.n_layers)
+        if self._s_now is not None:  # last step's per-layer dynamism: one device sync here
+            zero = torch.zeros(())
+            self._s_prev = torch.stack([zero if s is None else s.cpu() for s in self._s_now])
+        self._s_now = [None] * ctx.n_layers
         budget, window = self.sizes(ctx)
         room = ctx.gen_len - window_span(window, ctx.gen_len)  # rows outside the window
         if self.alloc == "uniform" or self._s_prev is None or float(self._s_prev.sum()) <= 0:
@@ -387,8 +390,8 @@ class DCUPlan:
             if p.fresh_v:
                 refresh_values(probe, P)
         else:
-            moved = v_moved(probe, P)
-        p._s_now[layer] = moved.mean().float().cpu()
+            moved = v_moved(probe, P, refresh=p.fresh_v)
+        p._s_now[layer] = moved.mean().float()  # stays on the device: no sync inside a forward
         t = ctx.nfe
         if p.layer0_full and layer == 0:
             return None
