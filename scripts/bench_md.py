@@ -1,0 +1,30 @@
+"""Markdown table of one or more `unmask bench --json` files (for the README and issue notes).
+
+python scripts/bench_md.py runs/bench/llada/baselines.json runs/bench/llada/dynamic.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(paths: list[str]) -> None:
+    print("| recipe | acc | nfe/sample | rows/AR | answer tok/s | x vanilla | x fast-dllm | file |")
+    print("|---|---|---|---|---|---|---|---|")
+    for path in paths:
+        result = json.load(open(path))
+        for r in result["runs"]:
+            fast = r.get("speedup_vs_fast_dllm")
+            print(
+                f"| `{r['recipe']}` | {100 * r['accuracy']:.1f}% | {r['nfe_per_sample']:.1f} "
+                f"| {r['rows_over_ar_floor']:.2f} | {r['answer_tokens_per_s']:.0f} "
+                f"| {r['speedup_vs_vanilla']:.2f} | {'-' if fast is None else f'{fast:.2f}'} "
+                f"| {path.rsplit('/', 1)[-1]} (n={result['n']}) |"
+            )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])
