@@ -40,6 +40,8 @@ PRESETS: dict[str, str] = {
     "fast-dllm-factor": "fast-dllm+unmask=factor:factor=1.0",
     # dKV-Cache-Decode (Ma et al. 2025): LLaDA low-confidence decoding, refresh every 8 steps.
     "dkv-cache": "vanilla+refresh=dkv:interval=8",
+    # Its Dream setting (dream_generate.py --decode --cache-steps 4): refresh every 4 steps.
+    "dkv-cache-dream": "vanilla+refresh=dkv:interval=4",
     # dLLM-Cache (Liu et al. 2025), LLaDA-8B-Instruct GSM8K script: block 8, Kp 50, Kr 7, rho 0.25.
     # Layer 0 always recomputed, as the authors' current code does.
     "dllm-cache": "vanilla+blocks=fixed:len=8+refresh=dllm-cache:kp=50,kr=7,rho=0.25,"
