@@ -169,3 +169,23 @@ def test_dcu_fresh_v_switch_is_honoured_by_both_proxies(tiny_loaded, proxy):
 
     a, b = confs("true"), confs("false")
     assert len(a) == len(b) and any(not torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_dkv_dream_shift_rules():
+    """Dream's dKV rows on a cached step: "un" recomputes row p while p+1 is not cached yet
+    (masked or revealed last step); "un_right" also while p itself is not."""
+    from unmask.policies.refresh import DKVCache
+
+    masked = torch.tensor([[False, False, True, False, True, True, False]])
+    prev = torch.tensor([[False, False, False, True, False, False, False]])
+    ctx = SimpleNamespace(step_in_block=2, masked=masked, logit_shift=True, canvas=masked.long())
+    want_un = [[False, True, True, True, True, False, False]]  # fresh shifted left by one
+    for shift, want in [
+        ("un", want_un),
+        ("un_right", [[False, True, True, True, True, True, False]]),
+    ]:
+        policy = DKVCache(interval=8, shift=shift)
+        policy._prev = prev
+        assert policy.plan(ctx).mask.tolist() == want
+    with pytest.raises(ValueError, match="shift must be"):
+        DKVCache(shift="left")

@@ -135,16 +135,22 @@ class DKVCache(RefreshPolicy):
     `interval`-th step are full forwards; other steps recompute every still-masked position of
     the canvas plus the positions revealed at the previous step (cached from the next step on,
     once they carry their decoded identity); all other rows reuse K/V. For Dream the rule moves
-    one row left: row p is recomputed while position p+1 is masked or was revealed last step."""
+    one row left (the authors' shift_type "un", the default): row p is recomputed while position
+    p+1 is masked or was revealed last step, so a masked p whose successor is decoded keeps its
+    cached mask-token K/V until the next refresh. shift=un_right (their other variant) also
+    recomputes row p while p itself is not cached yet."""
 
     name: ClassVar[str] = "dkv"
     interval: int = 8
+    shift: str = "un"
     _ctx: object = field(default=None, init=False, repr=False)
     _prev: Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.interval <= 0:
             raise ValueError(f"interval must be > 0, got {self.interval}")
+        if self.shift not in ("un", "un_right"):
+            raise ValueError(f"shift must be un or un_right, got {self.shift!r}")
 
     def reset(self, req) -> None:
         self._ctx, self._prev = req, None
@@ -165,6 +171,8 @@ class DKVCache(RefreshPolicy):
         # Dream (the authors' shift_type "un"): row p is recomputed while p+1 is not cached yet.
         rows = torch.zeros_like(fresh)
         rows[:, :-1] = fresh[:, 1:]
+        if self.shift == "un_right":
+            rows |= fresh
         return FixedPlan(rows)
 
 
