@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from unmask.generate import generate, stream_generate
+from unmask.models.load import load as ckpt_load
 from unmask.policies.base import ConfidenceHistory
 from unmask.policies.blocks import AdaptiveBlocks, Block
 from unmask.policies.scoring import TopV, repetition
@@ -146,3 +147,30 @@ def test_presets_decode_to_the_end(tiny_loaded, preset):
 def test_overrides_merge_into_the_preset_policy():
     r = parse("cadllm-dream+blocks=cadllm:adaptive_len=false")
     assert (r.blocks.min_len, r.blocks.max_len, r.blocks.adaptive_len) == (8, 48, False)
+
+
+def test_controller_values_reach_json_and_the_confidence_plot(tiny, tmp_path, capsys):
+    import json
+
+    from unmask import cli
+    from unmask.plots import controller_series
+
+    argv = ["generate", "--model", str(tiny[0]), "--gen-len", "32", "--recipe", "cadllm"]
+    png = tmp_path / "conf.png"
+    assert cli.main([*argv, "--json", "--plot-conf", str(png), "Reverse the list: 1 2 3"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    steps = record["steps"]
+    assert len(steps) == record["metrics"]["nfe"]
+    assert steps[0]["info"]["block_len"] == 24
+    # tau_t follows the sawtooth 0.85 -> 0.40 (None on Dream's block-start step, its own rule)
+    taus = [s["info"]["tau"] for s in steps if s["info"]["tau"] is not None]
+    assert taus and all(0.4 <= t <= 0.85 for t in taus)
+    assert sum(len(s["revealed"]) for s in steps) == 32  # every position revealed exactly once
+    assert png.stat().st_size > 0
+    lm = ckpt_load(tiny[0])
+    events = list(stream_generate(lm, "Reverse the list: 1 2 3", parse("cadllm"), gen_len=32))
+    series = controller_series(events)
+    assert {"tau", "block_len", "block_steps", "vocab"} <= set(series)
+    assert series["block_len"][0] == 24
+    vanilla = list(stream_generate(lm, "Reverse the list: 1 2 3", parse("vanilla"), gen_len=8))
+    assert controller_series(vanilla) == {}

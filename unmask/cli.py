@@ -149,6 +149,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             "text": out.text,
             "ids": out.ids,
             "metrics": m.to_dict(),
+            "steps": [ev.summary() for ev in events],
         }
         print(json.dumps(record))
         return 0

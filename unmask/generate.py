@@ -125,6 +125,33 @@ class StepEvent:
     def done(self) -> bool:
         return self.outputs is not None
 
+    def summary(self, b: int = 0) -> dict[str, Any]:
+        """Row `b` of this step as plain JSON values: where the block is, what was revealed with
+        what confidence, the cells each layer recomputed, and the values policies chose."""
+        reveal = self.reveal[b]
+        offs = torch.arange(self.block.start, self.block.end, device=reveal.device)
+        return {
+            "step": self.step,
+            "block": [self.block.start, self.block.end],
+            "step_in_block": self.step_in_block,
+            "nfe": self.nfe,
+            "masked": int(self.masked[b].sum()),
+            "revealed": offs[reveal].tolist(),
+            "revealed_conf": [round(float(c), 4) for c in self.conf[b][reveal].float()],
+            "rows": self.rows[b].tolist(),
+            "elapsed_s": round(self.elapsed_s, 6),
+            "info": {k: _plain(v) for k, v in self.info.items()},
+        }
+
+
+def _plain(v: Any) -> Any:
+    """A policy's info value as JSON: tensors become numbers or lists."""
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
 
 def encode_prompts(lm: Loaded, prompts: list[str], chat: bool) -> list[list[int]]:
     out = []

@@ -142,7 +142,19 @@ def confidence_heatmap(
     for g, s in enumerate(t.revealed_at):
         if s >= 0:
             revealed[g, s + 1 :] = 1
-    fig, ax = plt.subplots(figsize=(_width(S), min(12, 2.5 + G * 0.16)), dpi=120)
+    series = controller_series(events)
+    height = min(12, 2.5 + G * 0.16)
+    if series:
+        fig, (ax, low) = plt.subplots(
+            2,
+            1,
+            figsize=(_width(S), height + 1.8),
+            dpi=120,
+            sharex=True,
+            gridspec_kw={"height_ratios": [height, 1.8]},
+        )
+    else:
+        fig, ax = plt.subplots(figsize=(_width(S), height), dpi=120)
     ax.imshow(
         np.where(revealed > 0, 1.0, np.nan),
         cmap=ListedColormap(["0.85"]),
@@ -155,7 +167,8 @@ def confidence_heatmap(
         t.revealed_at[hit], np.arange(G)[hit], s=18, marker="o", facecolor="red", edgecolor="white"
     )
     _block_lines(ax, t, "0.35")
-    ax.set_xlabel("step")
+    if not series:
+        ax.set_xlabel("step")
     ax.set_ylabel("generated position")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if tokens is not None and G <= MAX_TOKEN_LABELS:
@@ -178,9 +191,60 @@ def confidence_heatmap(
         frameon=False,
     )
     ax.set_title(title or f"confidence per step ({G} positions, {S} steps)", fontsize=9)
+    if series:
+        _controller_panel(low, series, t)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# Values policies report per step (StepEvent.info): probabilities on the left axis, sizes on the
+# right (CadLLM's tau_t and confidence, B_t / S_t / V_t; APD's mean threshold).
+UNIT_KEYS = {"tau": "τ_t", "confidence": "confidence c_t", "apd_tau_mean": "APD mean τ"}
+SIZE_KEYS = {"block_len": "B_t", "block_steps": "S_t", "vocab": "V_t"}
+
+
+def controller_series(events: list[StepEvent]) -> dict[str, np.ndarray]:
+    """Per-step numeric series of the controller values in the events' info (NaN where a step
+    reported none); empty when the recipe reports no such values."""
+    out = {}
+    for key in (*UNIT_KEYS, *SIZE_KEYS):
+        vals = [e.info.get(key) for e in events]
+        if any(isinstance(v, (int, float)) for v in vals):
+            out[key] = np.array([float(v) if isinstance(v, (int, float)) else np.nan for v in vals])
+    return out
+
+
+def _controller_panel(ax, series: dict[str, np.ndarray], t: StepTables) -> None:
+    steps = np.arange(len(next(iter(series.values()))))
+    handles = []
+    for key, label in UNIT_KEYS.items():
+        if key in series:
+            (h,) = ax.plot(steps, series[key], lw=1.2, label=label)
+            handles.append(h)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("prob.", fontsize=7)
+    sizes = [k for k in SIZE_KEYS if k in series]
+    if sizes:
+        right = ax.twinx()
+        for key, style in zip(sizes, (":", "-.", "--"), strict=False):
+            (h,) = right.step(steps, series[key], where="mid", ls=style, color="0.3", lw=1)
+            handles.append(h)
+            h.set_label(SIZE_KEYS[key])
+        right.set_yscale("log")
+        right.set_ylabel("size", fontsize=7)
+        right.tick_params(labelsize=6)
+    _block_lines(ax, t, "0.6")
+    ax.tick_params(labelsize=6)
+    ax.set_xlabel("step")
+    ax.legend(
+        handles=handles,
+        fontsize=6,
+        ncol=len(handles),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.45),
+        frameon=False,
+    )
 
 
 def rows_heatmap(events: list[StepEvent], path: str, title: str = "") -> None:
