@@ -10,15 +10,20 @@ import sys
 
 
 def main(paths: list[str]) -> None:
-    print("| recipe | acc | nfe/sample | rows/AR | answer tok/s | x vanilla | x fast-dllm | file |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| recipe | acc | nfe/sample | rows/AR | +V/AR | answer tok/s | x vanilla | x fast-dllm "
+        "| file |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for path in paths:
         result = json.load(open(path))
         for r in result["runs"]:
             fast = r.get("speedup_vs_fast_dllm")
             print(
                 f"| `{r['recipe']}` | {100 * r['accuracy']:.1f}% | {r['nfe_per_sample']:.1f} "
-                f"| {r['rows_over_ar_floor']:.2f} | {r['answer_tokens_per_s']:.0f} "
+                f"| {r['rows_over_ar_floor']:.2f} "
+                f"| {r.get('cost_over_ar_floor', float('nan')):.2f} "
+                f"| {r['answer_tokens_per_s']:.0f} "
                 f"| {r['speedup_vs_vanilla']:.2f} | {'-' if fast is None else f'{fast:.2f}'} "
                 f"| {path.rsplit('/', 1)[-1]} (n={result['n']}) |"
             )

@@ -189,3 +189,29 @@ def test_dkv_dream_shift_rules():
         assert policy.plan(ctx).mask.tolist() == want
     with pytest.raises(ValueError, match="shift must be"):
         DKVCache(shift="left")
+
+
+@pytest.mark.parametrize(
+    "spec,extra",
+    [
+        ("vanilla", False),
+        ("fast-dllm", False),
+        ("dllm-cache", True),  # V of every row is its similarity signal
+        ("dynamic-dllm-dcu", True),  # fresh V of every generated row
+        ("vanilla+refresh=dcu:budget=4,window=4,fresh_v=false", False),
+    ],
+)
+def test_v_only_projections_are_counted(tiny_loaded, spec, extra):
+    m = ids(tiny_loaded, spec, gen_len=32, block_len=8).metrics
+    assert (m.v_only_rows > 0) == extra
+    assert m.cost_rows == pytest.approx(m.rows + m.v_cost * m.v_only_rows)
+    assert m.to_dict()["cost_rows"] >= m.rows
+
+
+def test_v_cost_at_llada_8b_shapes():
+    from unmask.generate import v_cost
+    from unmask.models.layers import ModelArgs
+
+    a = ModelArgs("llada", 126464, 4096, 32, 32, 32, 12288, 5e5, 1e-5, False, 4096, 0, 0, False)
+    # V: 4096 x 4096 of a row's 2 x 4096^2 (Q, O) + 2 x 4096^2 (K, V) + 3 x 4096 x 12288 (MLP)
+    assert v_cost(a) == pytest.approx(1 / 13)

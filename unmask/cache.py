@@ -40,6 +40,14 @@ class Cache:
         self.mlp: Tensor | None = None
         self.shape_features = (n_layers, B, T, d_model)
         self.warm = False  # every row of every layer has been written at least once
+        # (position x layer) cells whose V alone was projected (the V-proxy policies' similarity
+        # signal and fresh-V refresh) on top of the recomputed rows, per sample, since last read.
+        self.v_only = torch.zeros(B, dtype=torch.long)
+
+    def take_v_only(self) -> Tensor:
+        """V-only cells counted since the last call [B], and reset."""
+        out, self.v_only = self.v_only, torch.zeros_like(self.v_only)
+        return out
 
     def write_kv(self, layer: int, rows: Tensor, k: Tensor, v: Tensor) -> None:
         """k, v [B, Hkv, N, Dh] for canvas rows [B, N]."""
@@ -81,6 +89,10 @@ class LayerProbe:
     @cached_property
     def normed(self) -> Tensor:
         return self.block.attn_norm(self.x)  # [B, T, D]
+
+    @property
+    def computed_values(self) -> bool:
+        return self._values is not None
 
     def values(self) -> Tensor:
         """V of every row [B, Hkv, T, Dh] (the dLLM-Cache similarity signal)."""

@@ -72,6 +72,10 @@ class Metrics:
     answer_tokens: int  # up to and including the first EOS/EOT
     all_tokens: int  # every generated position
     wall_s: float
+    # Cells where only V was projected on top of `rows` (dLLM-Cache's and DCU's V proxy and
+    # fresh V). Each costs a fraction of a row: v_cost of the model (about 0.08 at 8B shapes).
+    v_only_rows: int = 0
+    v_cost: float = 0.0
 
     @property
     def ar_floor(self) -> int:
@@ -83,6 +87,11 @@ class Metrics:
         return self.rows / self.ar_floor
 
     @property
+    def cost_rows(self) -> float:
+        """rows plus the V-only cells, weighted by what a V projection costs against a row."""
+        return self.rows + self.v_cost * self.v_only_rows
+
+    @property
     def answer_tokens_per_s(self) -> float:
         return self.answer_tokens / self.wall_s if self.wall_s > 0 else float("inf")
 
@@ -92,7 +101,13 @@ class Metrics:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("ar_floor", "rows_over_ar_floor", "answer_tokens_per_s", "all_tokens_per_s"):
+        for k in (
+            "ar_floor",
+            "rows_over_ar_floor",
+            "cost_rows",
+            "answer_tokens_per_s",
+            "all_tokens_per_s",
+        ):
             d[k] = getattr(self, k)
         return d
 
@@ -233,6 +248,7 @@ def stream_generate(
         p.reset(ctx)
     nfe = torch.zeros(B, dtype=torch.long)
     rows = torch.zeros(B, dtype=torch.long)
+    v_only = torch.zeros(B, dtype=torch.long)
     shift = 1 if a.logit_shift else 0
     stop_ids = torch.tensor(lm.stop_ids, device=device)
     wants_gen_logits = any(getattr(p, "gen_logits", False) for p in recipe.policies)
@@ -288,6 +304,7 @@ def stream_generate(
             eos_exit(canvas[:, P:], stop_ids, a.mask_id, a.eos_id)
         nfe += alive.long()
         rows += alive.long() * step_rows.sum(-1).cpu()
+        v_only += alive.long() * cache.take_v_only().cpu()
         # 6) observe
         finished = not bool(ctx.masked[:, P:].any())
         event = StepEvent(
@@ -308,7 +325,9 @@ def stream_generate(
         if finished:
             _sync(device)
             wall = time.perf_counter() - t0
-            event.outputs = _outputs(lm, canvas[:, P:].tolist(), lens, nfe, rows, wall, stop)
+            event.outputs = _outputs(
+                lm, canvas[:, P:].tolist(), lens, nfe, rows, v_only, wall, stop
+            )
         yield event
         if finished:
             return
@@ -331,7 +350,16 @@ def eos_exit(gen: Tensor, stop_ids: Tensor, mask_id: int, eos_id: int) -> Tensor
     return exited
 
 
-def _outputs(lm, gen_ids, lens, nfe, rows, wall, stop) -> list[Output]:
+def v_cost(a) -> float:
+    """What projecting V for one row costs against recomputing the row (its weight matmuls:
+    Q, K, V, O, gate, up, down), from the model's shapes; attention scores are left out."""
+    d, hd = a.d_model, a.head_dim
+    v = d * a.n_kv_heads * hd
+    row = 2 * d * a.n_heads * hd + 2 * v + 3 * d * a.mlp_hidden
+    return v / row
+
+
+def _outputs(lm, gen_ids, lens, nfe, rows, v_only, wall, stop) -> list[Output]:
     outs = []
     stops = set(lm.stop_ids)
     for b, ids in enumerate(gen_ids):
@@ -348,6 +376,8 @@ def _outputs(lm, gen_ids, lens, nfe, rows, wall, stop) -> list[Output]:
             answer_tokens=len(answer),
             all_tokens=len(ids),
             wall_s=wall,
+            v_only_rows=int(v_only[b]),
+            v_cost=v_cost(lm.args),
         )
         outs.append(Output(text=text.strip(), ids=ids, metrics=m))
     return outs

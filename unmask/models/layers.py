@@ -241,6 +241,8 @@ class Transformer(nn.Module):
                 fresh = probe.values()
                 keep = probe.write_values[:, None, :, None]  # [B, 1, T, 1]
                 cache.v[i].copy_(torch.where(keep, fresh, cache.v[i]))
+            if probe.computed_values:  # V of every row was projected; only `rows` needed it
+                cache.v_only += x.shape[1] - counts[:, i]
             normed = gather_rows(probe.normed, rows)
             rope = (gather_rows(rope_all[0], rows), gather_rows(rope_all[1], rows))
             k, v = probe.kv_rows(rows, normed, rope)
