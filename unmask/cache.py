@@ -82,23 +82,32 @@ class LayerProbe:
         self.rope = rope
         self.cache = cache
         self._values: Tensor | None = None
-        # Rows whose V the layer overwrites with fresh values() even where it does not recompute
-        # them (dLLM-Cache refreshes V of every response row once it has computed it anyway).
-        self.write_values: Tensor | None = None  # [B, T] bool
+        self._gen_values: Tensor | None = None
+        # First canvas row whose V the layer overwrites with fresh gen_values() even where it
+        # does not recompute the row (both released codes refresh V of every generated row).
+        self.refresh_v_from: int | None = None
 
     @cached_property
     def normed(self) -> Tensor:
         return self.block.attn_norm(self.x)  # [B, T, D]
 
-    @property
-    def computed_values(self) -> bool:
-        return self._values is not None
-
     def values(self) -> Tensor:
-        """V of every row [B, Hkv, T, Dh] (the dLLM-Cache similarity signal)."""
+        """V of every row [B, Hkv, T, Dh] (a full layer's)."""
         if self._values is None:
             self._values = self.block.values(self.normed)
         return self._values
+
+    def gen_values(self, P: int) -> Tensor:
+        """V of the generated rows P.. only [B, Hkv, T - P, Dh]: the V-proxy policies' signal
+        and the fresh V they write back; prompt rows are never projected for it."""
+        if self._gen_values is None:
+            self._gen_values = self.block.values(self.normed[:, P:])
+        return self._gen_values
+
+    @property
+    def v_only_rows(self) -> int:
+        """Rows whose V this layer projected beyond the rows it recomputes (counted apart)."""
+        return 0 if self._gen_values is None else self._gen_values.shape[2]
 
     def kv(self) -> tuple[Tensor, Tensor]:
         return self.block.keys(self.normed, self.rope), self.values()
@@ -106,11 +115,9 @@ class LayerProbe:
     def kv_rows(
         self, rows: Tensor, normed: Tensor, rope: tuple[Tensor, Tensor]
     ) -> tuple[Tensor, Tensor]:
-        if self._values is None:
-            return self.block.kv(normed, rope)
-        k = self.block.keys(normed, rope)
-        idx = rows[:, None, :, None].expand(-1, self._values.shape[1], -1, self._values.shape[3])
-        return k, self._values.gather(2, idx)
+        """K and V of the recomputed rows, projected from their own inputs (so a row's K/V are
+        the same whether or not a policy also asked for gen_values())."""
+        return self.block.kv(normed, rope)
 
 
 class RowPlan(Protocol):

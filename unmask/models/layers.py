@@ -225,6 +225,7 @@ class Transformer(nn.Module):
             probe = LayerProbe(i, x, layer, rope_all, cache)
             mask = plan.rows(i, probe)
             if mask is None:
+                cache.v_only += probe.v_only_rows  # a policy's signal, computed before it chose
                 normed = probe.normed
                 k, v = probe.kv()
                 cache.k[i].copy_(k)
@@ -237,12 +238,10 @@ class Transformer(nn.Module):
                 x = h + mlp
                 continue
             rows, counts[:, i] = mask_to_rows(mask)
-            if probe.write_values is not None:
-                fresh = probe.values()
-                keep = probe.write_values[:, None, :, None]  # [B, 1, T, 1]
-                cache.v[i].copy_(torch.where(keep, fresh, cache.v[i]))
-            if probe.computed_values:  # V of every row was projected; only `rows` needed it
-                cache.v_only += x.shape[1] - counts[:, i]
+            P = probe.refresh_v_from
+            if P is not None:  # fresh V of every generated row, recomputed or not
+                cache.v[i][:, :, P:] = probe.gen_values(P)
+            cache.v_only += probe.v_only_rows
             normed = gather_rows(probe.normed, rows)
             rope = (gather_rows(rope_all[0], rows), gather_rows(rope_all[1], rows))
             k, v = probe.kv_rows(rows, normed, rope)

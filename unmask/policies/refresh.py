@@ -231,7 +231,7 @@ def v_moved(probe: LayerProbe, P: int, refresh: bool = True) -> Tensor:
     """1 - cos(fresh V, cached V) of every generated row [B, G], heads concatenated. With
     `refresh`, the fresh V then replaces the cached V of all generated rows (it has been computed
     anyway, and both released codes keep it)."""
-    fresh = _flat_heads(probe.values()[:, :, P:])
+    fresh = _flat_heads(probe.gen_values(P))
     cached = _flat_heads(probe.cache.v[probe.layer][:, :, P:])
     if refresh:
         refresh_values(probe, P)
@@ -241,8 +241,7 @@ def v_moved(probe: LayerProbe, P: int, refresh: bool = True) -> Tensor:
 def refresh_values(probe: LayerProbe, P: int) -> None:
     """Have the layer overwrite V of every generated row with fresh values (K stays limited to
     the recomputed rows), as both dLLM-Cache's and Dynamic-dLLM's released code do."""
-    probe.write_values = torch.zeros(probe.x.shape[:2], dtype=torch.bool, device=probe.x.device)
-    probe.write_values[:, P:] = True
+    probe.refresh_v_from = P
 
 
 def _flat_heads(v: Tensor) -> Tensor:
