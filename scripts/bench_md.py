@@ -9,6 +9,10 @@ import json
 import sys
 
 
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def main(paths: list[str]) -> None:
     print(
         "| recipe | acc | nfe/sample | rows/AR | +V/AR | answer tok/s | x vanilla | x fast-dllm "
@@ -24,7 +28,7 @@ def main(paths: list[str]) -> None:
                 f"| {r['rows_over_ar_floor']:.2f} "
                 f"| {r.get('cost_over_ar_floor', float('nan')):.2f} "
                 f"| {r['answer_tokens_per_s']:.0f} "
-                f"| {r['speedup_vs_vanilla']:.2f} | {'-' if fast is None else f'{fast:.2f}'} "
+                f"| {_x(r['speedup_vs_vanilla'])} | {_x(fast)} "
                 f"| {path.rsplit('/', 1)[-1]} (n={result['n']}) |"
             )
 

@@ -60,6 +60,8 @@ def test_generate_json_has_text_ids_and_metrics(tiny, capsys):
         (["generate", "--model", "/no/such/dir", "x"], "no model '/no/such/dir'"),
         (["generate", "--device", "foo", "x"], "unknown device 'foo'"),
         (["generate", "--device", "cuda:99", "x"], "CUDA GPU"),
+        (["generate", "--device", "cpu:1", "x"], "one CPU device"),
+        (["train", "--workers", "-1"], "must be >= 0"),
         (["train", "--device", "mps", "--out", "/nonexistent/x"], "unsupported device 'mps'"),
     ],
 )

@@ -64,15 +64,17 @@ def test_shipped_decodes_in_bf16_on_cuda(name, recipe):
     assert correct >= 7, [o.text for o in outs]
 
 
-def test_training_step_on_cuda_lowers_the_loss(tmp_path):
+def test_training_on_cuda_resumes_on_the_cpu_and_the_loss_falls(tmp_path):
+    import json
+
     from unmask.train import TrainConfig, train
 
     shape = {"d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4, "mlp_hidden": 64}
-    cfg = TrainConfig(out=str(tmp_path / "run"), steps=60, save_every=60, device="cuda", **shape)
-    train(cfg, log=lambda *_: None)
-    import json
-
-    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").open()]
-    assert history[-1]["step"] == 60
+    run = {"out": str(tmp_path / "run"), "lr": 3e-3, "warmup": 5, "batch": 16, **shape}
+    train(TrainConfig(steps=40, save_every=20, device="cuda", **run), log=lambda *_: None)
     state = torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)
-    assert all(t.device.type == "cpu" for t in state["model"].values())
+    assert all(t.device.type == "cpu" for t in state["model"].values())  # resumable anywhere
+    train(TrainConfig(steps=60, save_every=20, device="cpu", **run), log=lambda *_: None)
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").open()]
+    assert [h["step"] for h in history] == [20, 40, 60]
+    assert history[-1]["loss"] < history[0]["loss"]

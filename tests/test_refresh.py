@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from unmask.generate import generate, stream_generate
-from unmask.policies.refresh import DCU, water_fill, window_mask
+from unmask.policies.refresh import DCU, DLLMCache, water_fill, window_mask
 from unmask.recipe import parse
 
+DLLM_LAYER0_FULL_DEFAULT = DLLMCache().layer0_full
 THRESHOLD = "vanilla+unmask=threshold:tau=0.3,dream_first=false"
 PROMPT = "Question: Tom has 3 apples. He buys 2 more. How many apples does Tom have?\nAnswer:"
 
@@ -196,16 +197,28 @@ def test_dkv_dream_shift_rules():
     [
         ("vanilla", False),
         ("fast-dllm", False),
-        ("dllm-cache", True),  # V of every row is its similarity signal
-        ("dynamic-dllm-dcu", True),  # fresh V of every generated row
+        ("dllm-cache", True),  # V of every generated row is its similarity signal
+        ("vanilla+refresh=dcu:budget=4,window=4", True),  # fresh V of rows it skips
+        ("dynamic-dllm-dcu", False),  # B = W = 32 recompute all 32 generated rows
         ("vanilla+refresh=dcu:budget=4,window=4,fresh_v=false", False),
     ],
 )
 def test_v_only_projections_are_counted(tiny_loaded, spec, extra):
     m = ids(tiny_loaded, spec, gen_len=32, block_len=8).metrics
     assert (m.v_only_rows > 0) == extra
-    assert m.cost_rows == pytest.approx(m.rows + m.v_cost * m.v_only_rows)
-    assert m.to_dict()["cost_rows"] >= m.rows
+    assert m.to_dict()["cost_rows"] == pytest.approx(m.rows + m.v_cost * m.v_only_rows)
+
+
+def test_v_only_count_is_the_generated_rows_a_layer_skips(tiny_loaded):
+    """dLLM-Cache, never refreshed after the cold step, every layer recomputing rho * G = 8 of
+    the 32 generated rows: each of the 31 later steps projects V for the 24 others, per layer."""
+    spec = "vanilla+blocks=fixed:len=8+refresh=dllm-cache:kp=1000,kr=1000,rho=0.25"
+    m = ids(tiny_loaded, spec, gen_len=32, block_len=8).metrics
+    L = tiny_loaded.args.n_layers
+    assert m.nfe == 32 and not DLLM_LAYER0_FULL_DEFAULT
+    assert m.v_only_rows == 31 * L * (32 - 8)
+    # the cold step recomputes the whole canvas, every later step the 8 chosen rows per layer
+    assert m.rows == L * (m.prompt_tokens + 32) + 31 * L * 8
 
 
 def test_v_cost_at_llada_8b_shapes():

@@ -86,6 +86,8 @@ class LayerProbe:
         # First canvas row whose V the layer overwrites with fresh gen_values() even where it
         # does not recompute the row (both released codes refresh V of every generated row).
         self.refresh_v_from: int | None = None
+        self.cold = False  # the cache is empty: a signal measured against it means nothing
+        self._v_reused = False  # kv_rows took the recomputed rows' V from gen_values()
 
     @cached_property
     def normed(self) -> Tensor:
@@ -104,10 +106,15 @@ class LayerProbe:
             self._gen_values = self.block.values(self.normed[:, P:])
         return self._gen_values
 
-    @property
-    def v_only_rows(self) -> int:
-        """Rows whose V this layer projected beyond the rows it recomputes (counted apart)."""
-        return 0 if self._gen_values is None else self._gen_values.shape[2]
+    def v_only_rows(self, mask: Tensor | None) -> Tensor | int:
+        """Generated rows whose V this layer projected although it does not recompute them (per
+        sample [B], or 0), given the layer's row mask [B, T] (None: every row recomputed)."""
+        if self._gen_values is None:
+            return 0
+        G = self._gen_values.shape[2]
+        if mask is None or not self._v_reused:
+            return G  # the recomputed rows projected their V again: all of them were extra
+        return G - mask[:, self.x.shape[1] - G :].sum(-1).cpu()
 
     def kv(self) -> tuple[Tensor, Tensor]:
         return self.block.keys(self.normed, self.rope), self.values()
@@ -115,9 +122,18 @@ class LayerProbe:
     def kv_rows(
         self, rows: Tensor, normed: Tensor, rope: tuple[Tensor, Tensor]
     ) -> tuple[Tensor, Tensor]:
-        """K and V of the recomputed rows, projected from their own inputs (so a row's K/V are
-        the same whether or not a policy also asked for gen_values())."""
-        return self.block.kv(normed, rope)
+        """K and V of the recomputed rows [B, N]; V is taken from gen_values() when it holds them
+        all (no prompt row among them), so no row's V is projected twice."""
+        k = self.block.keys(normed, rope)
+        if self._gen_values is not None:
+            P = self.x.shape[1] - self._gen_values.shape[2]
+            if bool((rows >= P).all()):
+                idx = (rows - P)[:, None, :, None].expand(
+                    -1, self._gen_values.shape[1], -1, self._gen_values.shape[3]
+                )
+                self._v_reused = True
+                return k, self._gen_values.gather(2, idx)
+        return k, self.block.values(normed)
 
 
 class RowPlan(Protocol):

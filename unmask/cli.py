@@ -92,6 +92,16 @@ def _nonnegative(text: str) -> int:
     return value
 
 
+def _nonnegative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _device(name: str | None) -> str:
     import torch
 
@@ -109,6 +119,10 @@ def _device(name: str | None) -> str:
             raise CliError(f"--device {name}: this machine has {count} CUDA GPU(s)")
     elif dev.type != "cpu":
         raise CliError(f"unsupported device {name!r}: use cpu, cuda or cuda:N")
+    elif dev.index not in (None, 0):
+        raise CliError(f"--device {name}: there is one CPU device (use --device cpu)")
+    else:
+        return "cpu"
     return name
 
 
@@ -284,7 +298,7 @@ def run_bench(
         "n": len(records) // len(recipes),
         "start": start,
         "gen_len": task.gen_len,
-        "machine": machine(),
+        "machine": machine(next(lm.model.parameters()).device),
         "device": str(next(lm.model.parameters()).device),
         "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
         "runs": rows,
@@ -583,7 +597,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help=DEVICE_HELP)
     t.add_argument(
         "--workers",
-        type=int,
+        type=_nonnegative,
         default=0,
         help="processes that build batches ahead of the steps; a GPU needs a few (default: 0)",
     )

@@ -272,5 +272,6 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
             export(model, tok, tok_dir, out / "checkpoint")
             with history_path.open("a") as f:
                 f.write(json.dumps({"step": step, "loss": ema, "wall_s": round(wall, 1)}) + "\n")
+            t0 = time.perf_counter()  # wall_s counts steps (data waits included), not saves
     bar.close()
     return out / "checkpoint"

@@ -225,7 +225,7 @@ class Transformer(nn.Module):
             probe = LayerProbe(i, x, layer, rope_all, cache)
             mask = plan.rows(i, probe)
             if mask is None:
-                cache.v_only += probe.v_only_rows  # a policy's signal, computed before it chose
+                cache.v_only += probe.v_only_rows(None)  # a signal computed before it chose
                 normed = probe.normed
                 k, v = probe.kv()
                 cache.k[i].copy_(k)
@@ -241,10 +241,10 @@ class Transformer(nn.Module):
             P = probe.refresh_v_from
             if P is not None:  # fresh V of every generated row, recomputed or not
                 cache.v[i][:, :, P:] = probe.gen_values(P)
-            cache.v_only += probe.v_only_rows
             normed = gather_rows(probe.normed, rows)
             rope = (gather_rows(rope_all[0], rows), gather_rows(rope_all[1], rows))
             k, v = probe.kv_rows(rows, normed, rope)
+            cache.v_only += probe.v_only_rows(mask)
             cache.write_kv(i, rows, k, v)
             attn = layer.attention(normed, rope, cache.k[i], cache.v[i], key_mask)
             h = gather_rows(x, rows) + attn

@@ -52,6 +52,7 @@ class ColdStart:
         return None
 
     def rows(self, layer: int, probe: LayerProbe) -> None:
+        probe.cold = True
         self.inner.rows(layer, probe)
         return None
 
@@ -317,8 +318,9 @@ class DCU(RefreshPolicy):
 
     def plan(self, ctx) -> DCUPlan:
         if self._s_now is not None:  # last step's per-layer dynamism: one device sync here
-            zero = torch.zeros(())
-            self._s_prev = torch.stack([zero if s is None else s.cpu() for s in self._s_now])
+            done = [s for s in self._s_now if s is not None]
+            zero = torch.zeros((), device=done[0].device) if done else torch.zeros(())
+            self._s_prev = torch.stack([zero if s is None else s for s in self._s_now]).cpu()
         self._s_now = [None] * ctx.n_layers
         budget, window = self.sizes(ctx)
         room = ctx.gen_len - window_span(window, ctx.gen_len)  # rows outside the window
@@ -387,6 +389,8 @@ class DCUPlan:
     def rows(self, layer: int, probe: LayerProbe) -> Tensor | None:
         p, ctx = self.policy, self.ctx
         P, G = ctx.gen_start, ctx.gen_len
+        if p.layer0_full and layer == 0:
+            return None  # recomputed whole: its movement is neither needed nor used
         if p.proxy == "x":
             now = probe.normed[:, P:]  # [B, G, D]
             prev = p._prev_in[layer]
@@ -396,12 +400,12 @@ class DCUPlan:
             moved = 1 - torch.cosine_similarity(now, prev, dim=-1)  # [B, G]
             if p.fresh_v:
                 refresh_values(probe, P)
+        elif probe.cold:  # V against an empty cache: no signal (the next step allocates evenly)
+            return None
         else:
             moved = v_moved(probe, P, refresh=p.fresh_v)
         p._s_now[layer] = moved.mean().float()  # stays on the device: no sync inside a forward
         t = ctx.nfe
-        if p.layer0_full and layer == 0:
-            return None
         refresh_prompt = p.prompt_interval is not None and t % p.prompt_interval == 0
         refresh_gen = p.gen_interval is not None and t % p.gen_interval == 0
         mask = scheduled_rows(ctx, refresh_prompt, refresh_gen)
