@@ -228,3 +228,18 @@ def test_v_cost_at_llada_8b_shapes():
     a = ModelArgs("llada", 126464, 4096, 32, 32, 32, 12288, 5e5, 1e-5, False, 4096, 0, 0, False)
     # V: 4096 x 4096 of a row's 2 x 4096^2 (Q, O) + 2 x 4096^2 (K, V) + 3 x 4096 x 12288 (MLP)
     assert v_cost(a) == pytest.approx(1 / 13)
+
+
+@pytest.mark.parametrize("preset", ["fast-dllm", "fast-dllm-factor"])
+def test_dream_block_start_commits_the_first_position_only(ckpt_root, preset):
+    """Fast-dLLM's Dream loop: each block's first (full) step commits its first position alone,
+    for the threshold and the factor rule alike."""
+    from conftest import make_checkpoint
+
+    from unmask.models.load import load
+
+    lm = load(make_checkpoint(ckpt_root, "dream")[0])
+    events = stream_generate(lm, PROMPT, parse(f"{preset}+blocks=fixed:len=8"), gen_len=24)
+    starts = [ev for ev in events if ev.step_in_block == 0]
+    assert len(starts) == 3
+    assert all(ev.reveal[0].tolist() == [True] + [False] * 7 for ev in starts)

@@ -45,7 +45,7 @@ def test_factor_rule_thresholds_by_rank():
     # Ranked: 0.99 (n=1, always), 0.70 (n=2: needs >= 1-1/3=0.667), 0.70 (n=3: needs >= 0.75) stop.
     conf = torch.tensor([[0.70, 0.99, 0.70, 0.10, 0.05]])
     masked = torch.ones(1, 5, dtype=torch.bool)
-    out = Factor(factor=1.0).select(conf, masked, None)
+    out = Factor(factor=1.0).select(conf, masked, Ctx([4], 4, 1))
     assert out.sum().item() == 2 and out[0, 1] and (out[0, 0] or out[0, 2])
 
 
@@ -53,11 +53,11 @@ def test_factor_rule_failing_only_at_the_last_position_reveals_all():
     # The authors' loop leaves its index on the last position when only that one fails.
     conf = torch.tensor([[0.99, 0.98, 0.10]])
     masked = torch.ones(1, 3, dtype=torch.bool)
-    assert Factor(factor=1.0).select(conf, masked, None).all()
+    assert Factor(factor=1.0).select(conf, masked, Ctx([4], 4, 1)).all()
 
 
 def test_factor_rule_ignores_revealed_positions():
     conf = torch.tensor([[0.99, 0.2, 0.98, 0.97]])
     masked = torch.tensor([[False, True, True, True]])
-    out = Factor(factor=1.0).select(conf, masked, None)
+    out = Factor(factor=1.0).select(conf, masked, Ctx([4], 4, 1))
     assert not out[0, 0]

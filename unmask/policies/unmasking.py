@@ -87,12 +87,17 @@ class Threshold(UnmaskRule):
 class Factor(UnmaskRule):
     """Fast-dLLM's factor rule: rank the masked positions by confidence; the n-th (1-based) is
     revealed while conf_n >= 1 - factor/(n+1) holds for it and all before it (the first always).
-    As in the authors' code, a run that fails only at the last masked position reveals all."""
+    As in the authors' code, a run that fails only at the last masked position reveals all.
+    dream_first: see dream_block_start (Fast-dLLM's Dream loop commits a block's first position
+    at its block-start step whatever the rule)."""
 
     name: ClassVar[str] = "factor"
     factor: float = 1.0
+    dream_first: bool | None = None
 
     def select(self, conf: Tensor, masked: Tensor, ctx) -> Tensor:
+        if dream_block_start(self.dream_first, ctx):
+            return first_position(masked)
         m = masked.sum(-1)  # [B]
         ranked = conf.masked_fill(~masked, float("-inf")).sort(-1, descending=True).values
         n = torch.arange(1, conf.shape[-1] + 1, device=conf.device)
