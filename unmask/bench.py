@@ -203,12 +203,10 @@ def bench(
     return rows, [x for r in recipes for x in records[r.name]]
 
 
-def machine(device: torch.device | None = None) -> str:
+def machine(device: torch.device) -> str:
     """The hardware a run used: the GPU's name, or the CPU and its thread count."""
-    if device is not None and device.type == "cuda":
+    if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    if device is None and torch.cuda.is_available():
-        return torch.cuda.get_device_name()
     return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads (CPU)"
 
 

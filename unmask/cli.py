@@ -92,16 +92,6 @@ def _nonnegative(text: str) -> int:
     return value
 
 
-def _nonnegative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _device(name: str | None) -> str:
     import torch
 
@@ -130,6 +120,12 @@ def _dtype(name: str | None):
     import torch
 
     return getattr(torch, name) if name else None
+
+
+def _placement(lm) -> dict[str, str]:
+    """Where a loaded model runs and in what precision, for summaries and bench JSON."""
+    p = next(lm.model.parameters())
+    return {"device": str(p.device), "dtype": str(p.dtype).removeprefix("torch.")}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -247,8 +243,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         shots=task.shots,
         gen_len=task.gen_len,
         chat=chat,
-        device=str(next(lm.model.parameters()).device),
-        dtype=str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+        **_placement(lm),
     )
     extras = "".join(
         f", {k} {v:.3f}" for k, v in summary.items() if k in ("strict_match", "flexible_extract")
@@ -299,8 +294,7 @@ def run_bench(
         "start": start,
         "gen_len": task.gen_len,
         "machine": machine(next(lm.model.parameters()).device),
-        "device": str(next(lm.model.parameters()).device),
-        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+        **_placement(lm),
         "runs": rows,
     }
     print(table(rows), file=sys.stderr)
