@@ -40,6 +40,9 @@ class LayerPlan:
     def rows(self, layer: int, probe: LayerProbe) -> torch.Tensor | None:
         return self.masks[layer]
 
+    def count(self, layer: int) -> None:
+        return None
+
 
 def padded_batch(a, pads: list[int], T: int, seed: int):
     """A random canvas [B, T] with left padding `pads`, and the engine's pos / key_mask for it."""

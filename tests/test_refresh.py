@@ -243,3 +243,34 @@ def test_dream_block_start_commits_the_first_position_only(ckpt_root, preset):
     starts = [ev for ev in events if ev.step_in_block == 0]
     assert len(starts) == 3
     assert all(ev.reveal[0].tolist() == [True] + [False] * 7 for ev in starts)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "dynamic-dllm",
+        "dynamic-dllm-code",
+        "dynamic-dllm+refresh=dcu:budget=4,window=6,prompt_interval=3,gen_interval=5",
+        "vanilla+refresh=dcu:budget=3,window=0,alloc=uniform,proxy=v",
+        "vanilla+refresh=dcu:budget=100,window=100",
+        "dllm-cache",
+        "vanilla+refresh=dllm-cache:kp=3,kr=2,rho=0.5,layer0_full=true",
+    ],
+)
+def test_plan_counts_match_their_masks(tiny_loaded, spec, monkeypatch):
+    """A layered plan states its row count so that the forward needs no host sync to size the
+    rows; the count must be exactly the largest per-sample count of the mask it returned."""
+    from unmask.models import layers
+
+    real, checked = layers.mask_to_rows, []
+
+    def checking(mask, n=None):
+        if n is not None:
+            assert n == int(mask.sum(-1).max()), (n, mask.sum(-1).tolist())
+            checked.append(n)
+        return real(mask, n)
+
+    monkeypatch.setattr(layers, "mask_to_rows", checking)
+    prompts = [PROMPT, "Question: Ann has 12 cards. She gives away 5. How many?\nAnswer:"]
+    generate(tiny_loaded, prompts, parse(spec), gen_len=24, block_len=8)
+    assert checked  # the layered path ran with stated counts

@@ -42,10 +42,11 @@ class Cache:
         self.warm = False  # every row of every layer has been written at least once
         # (position x layer) cells whose V alone was projected (the V-proxy policies' similarity
         # signal and fresh-V refresh) on top of the recomputed rows, per sample, since last read.
-        self.v_only = torch.zeros(B, dtype=torch.long)
+        # Kept on the device (no sync per layer); the loop reads it once per step.
+        self.v_only = torch.zeros(B, dtype=torch.long, device=device)
 
     def take_v_only(self) -> Tensor:
-        """V-only cells counted since the last call [B], and reset."""
+        """V-only cells counted since the last call [B] (on the cache's device), and reset."""
         out, self.v_only = self.v_only, torch.zeros_like(self.v_only)
         return out
 
@@ -114,7 +115,7 @@ class LayerProbe:
         G = self._gen_values.shape[2]
         if mask is None or not self._v_reused:
             return G  # the recomputed rows projected their V again: all of them were extra
-        return G - mask[:, self.x.shape[1] - G :].sum(-1).cpu()
+        return G - mask[:, self.x.shape[1] - G :].sum(-1)
 
     def kv(self) -> tuple[Tensor, Tensor]:
         return self.block.keys(self.normed, self.rope), self.values()
@@ -145,5 +146,10 @@ class RowPlan(Protocol):
         ...
 
     def rows(self, layer: int, probe: LayerProbe) -> Tensor | None:
-        """[B, N] rows for this layer, or None for every row."""
+        """[B, T] row mask for this layer, or None for every row."""
+        ...
+
+    def count(self, layer: int) -> int | None:
+        """The largest number of rows `rows` selects for one sample at this layer, when the plan
+        knows it without reading the mask (it then need not be synced to the host); else None."""
         ...

@@ -304,7 +304,7 @@ def stream_generate(
             eos_exit(canvas[:, P:], stop_ids, a.mask_id, a.eos_id)
         nfe += alive.long()
         rows += alive.long() * step_rows.sum(-1).cpu()
-        v_only += alive.long() * cache.take_v_only()  # counted on the CPU
+        v_only += alive.long() * cache.take_v_only().cpu()  # one read per step
         # 6) observe
         finished = not bool(ctx.masked[:, P:].any())
         event = StepEvent(

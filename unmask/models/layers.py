@@ -220,7 +220,8 @@ class Transformer(nn.Module):
         # attention and MLP contributions (the dLLM-Cache / Dynamic-dLLM feature cache).
         rope_all = self.rope(pos)
         x = self.embed(canvas)  # [B, T, D]
-        counts = torch.zeros(x.shape[0], len(self.layers), dtype=torch.long)
+        # Rows per sample and layer stay on the device: no host sync inside the forward.
+        counts = torch.zeros(x.shape[0], len(self.layers), dtype=torch.long, device=x.device)
         for i, layer in enumerate(self.layers):
             probe = LayerProbe(i, x, layer, rope_all, cache)
             mask = plan.rows(i, probe)
@@ -237,7 +238,7 @@ class Transformer(nn.Module):
                 counts[:, i] = x.shape[1]
                 x = h + mlp
                 continue
-            rows, counts[:, i] = mask_to_rows(mask)
+            rows, counts[:, i] = mask_to_rows(mask, plan.count(i))
             P = probe.refresh_v_from
             if P is not None:  # fresh V of every generated row, recomputed or not
                 cache.v[i][:, :, P:] = probe.gen_values(P)
@@ -254,11 +255,13 @@ class Transformer(nn.Module):
         return gather_rows(x, out_rows), counts
 
 
-def mask_to_rows(mask: Tensor) -> tuple[Tensor, Tensor]:
+def mask_to_rows(mask: Tensor, n: int | None = None) -> tuple[Tensor, Tensor]:
     """Row mask [B, T] -> ascending row indices [B, N] and counts [B]. Rows with fewer than N
-    selected repeat their first index: recomputing a row twice writes the same values twice."""
+    selected repeat their first index: recomputing a row twice writes the same values twice.
+    N is the largest count; a plan that knows it passes `n` and spares a device-to-host sync."""
     counts = mask.sum(-1)
-    n = int(counts.max())
+    if n is None:
+        n = int(counts.max())
     order = mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, :n]  # [B, N]
     pad = torch.arange(n, device=mask.device) >= counts[:, None]
     return torch.where(pad, order[:, :1], order), counts

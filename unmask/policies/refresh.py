@@ -28,6 +28,9 @@ class FixedPlan:
     def rows(self, layer: int, probe: LayerProbe) -> Tensor:
         return self.mask
 
+    def count(self, layer: int) -> None:
+        return None
+
 
 @dataclass
 class FullLayeredPlan:
@@ -38,6 +41,9 @@ class FullLayeredPlan:
         return None
 
     def rows(self, layer: int, probe: LayerProbe) -> None:
+        return None
+
+    def count(self, layer: int) -> None:
         return None
 
 
@@ -54,6 +60,9 @@ class ColdStart:
     def rows(self, layer: int, probe: LayerProbe) -> None:
         probe.cold = True
         self.inner.rows(layer, probe)
+        return None
+
+    def count(self, layer: int) -> None:
         return None
 
 
@@ -211,12 +220,20 @@ class DLLMCachePlan:
     def fixed_rows(self) -> None:
         return None
 
+    def refreshes(self, layer: int) -> tuple[bool, bool]:
+        """Whether this layer recomputes every prompt row, every generated row, at this step."""
+        p, t = self.policy, self.ctx.nfe  # forwards already run in this request
+        full = p.layer0_full and layer == 0
+        return full or t % p.kp == 0, full or t % p.kr == 0
+
+    def count(self, layer: int) -> int:
+        prompt, gen = self.refreshes(layer)
+        G = self.ctx.gen_len
+        return self.ctx.gen_start * prompt + (G if gen else int(G * self.policy.rho))
+
     def rows(self, layer: int, probe: LayerProbe) -> Tensor | None:
         p, ctx = self.policy, self.ctx
-        t = ctx.nfe  # forwards already run in this request
-        full = p.layer0_full and layer == 0
-        refresh_prompt = full or t % p.kp == 0
-        refresh_gen = full or t % p.kr == 0
+        refresh_prompt, refresh_gen = self.refreshes(layer)
         mask = scheduled_rows(ctx, refresh_prompt, refresh_gen)
         if mask is None or refresh_gen:
             return mask
@@ -330,7 +347,16 @@ class DCU(RefreshPolicy):
             budgets = [room] + water_fill(self._s_prev[1:], budget * (ctx.n_layers - 1), room)
         else:
             budgets = water_fill(self._s_prev, budget * ctx.n_layers, room)
-        return DCUPlan(self, ctx, budgets)
+        t = ctx.nfe
+        return DCUPlan(
+            self,
+            ctx,
+            budgets,
+            window=window_mask(self._key, window, ctx.gen_len),
+            span=window_span(window, ctx.gen_len),
+            refresh_prompt=self.prompt_interval is not None and t % self.prompt_interval == 0,
+            refresh_gen=self.gen_interval is not None and t % self.gen_interval == 0,
+        )
 
     def observe(self, event) -> None:
         # Key token: the rightmost position revealed at this step (kept when none was).
@@ -382,13 +408,24 @@ class DCUPlan:
     policy: DCU
     ctx: object
     budgets: list[int]  # rows outside the window, per layer
+    window: Tensor  # [B, G] the mandatory window, the same at every layer of this step
+    span: int  # rows in it
+    refresh_prompt: bool  # interval refreshes due at this step
+    refresh_gen: bool
 
     def fixed_rows(self) -> None:
         return None
 
+    def count(self, layer: int) -> int:
+        """Rows per sample: the scheduled prompt rows plus the window and the layer's budget (the
+        top-n never lands in the window: n <= the rows outside it), or every generated row."""
+        G = self.ctx.gen_len
+        gen = G if self.refresh_gen else self.span + self.budgets[layer]
+        return self.ctx.gen_start * self.refresh_prompt + gen
+
     def rows(self, layer: int, probe: LayerProbe) -> Tensor | None:
         p, ctx = self.policy, self.ctx
-        P, G = ctx.gen_start, ctx.gen_len
+        P = ctx.gen_start
         if p.layer0_full and layer == 0:
             return None  # recomputed whole: its movement is neither needed nor used
         if p.proxy == "x":
@@ -405,14 +442,10 @@ class DCUPlan:
         else:
             moved = v_moved(probe, P, refresh=p.fresh_v)
         p._s_now[layer] = moved.mean().float()  # stays on the device: no sync inside a forward
-        t = ctx.nfe
-        refresh_prompt = p.prompt_interval is not None and t % p.prompt_interval == 0
-        refresh_gen = p.gen_interval is not None and t % p.gen_interval == 0
-        mask = scheduled_rows(ctx, refresh_prompt, refresh_gen)
-        if mask is None or refresh_gen:
+        mask = scheduled_rows(ctx, self.refresh_prompt, self.refresh_gen)
+        if mask is None or self.refresh_gen:
             return mask
-        win = window_mask(p._key, p.sizes(ctx)[1], G)  # [B, G]
-        n = self.budgets[layer]
+        win, n = self.window, self.budgets[layer]
         if n > 0:
             pick = moved.masked_fill(win, float("-inf")).topk(n, dim=-1).indices
             win = win.scatter(1, pick, True)
