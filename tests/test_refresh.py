@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from unmask.cache import LayerProbe
 from unmask.generate import generate, stream_generate
 from unmask.policies.refresh import DCU, DLLMCache, water_fill, window_mask
 from unmask.recipe import parse
@@ -258,10 +259,11 @@ def test_dream_block_start_commits_the_first_position_only(ckpt_root, preset):
     ],
 )
 def test_plan_counts_match_their_masks(tiny_loaded, spec, monkeypatch):
-    """A layered plan states its row count so that the forward needs no host sync to size the
-    rows; the count must be exactly the largest per-sample count of the mask it returned."""
+    """A layered plan states its row count, and whether its rows hold a prompt row, so that the
+    forward needs no host sync for either; both must say exactly what the mask says."""
     from unmask.models import layers
 
+    G = 24
     real, checked = layers.mask_to_rows, []
 
     def checking(mask, n=None):
@@ -271,6 +273,17 @@ def test_plan_counts_match_their_masks(tiny_loaded, spec, monkeypatch):
         return real(mask, n)
 
     monkeypatch.setattr(layers, "mask_to_rows", checking)
+    real_kv_rows = LayerProbe.kv_rows
+
+    def checking_kv_rows(probe, rows, normed, rope):
+        if probe.gen_only is not None:  # the plan's word that no prompt row is recomputed
+            P = probe.x.shape[1] - G
+            assert probe.gen_only == bool((rows >= P).all())
+            checked.append(probe.gen_only)
+        return real_kv_rows(probe, rows, normed, rope)
+
+    monkeypatch.setattr(LayerProbe, "kv_rows", checking_kv_rows)
     prompts = [PROMPT, "Question: Ann has 12 cards. She gives away 5. How many?\nAnswer:"]
-    generate(tiny_loaded, prompts, parse(spec), gen_len=24, block_len=8)
-    assert checked  # the layered path ran with stated counts
+    generate(tiny_loaded, prompts, parse(spec), gen_len=G, block_len=8)
+    assert any(isinstance(c, int) and not isinstance(c, bool) for c in checked)
+    assert any(isinstance(c, bool) for c in checked)

@@ -88,6 +88,9 @@ class LayerProbe:
         # does not recompute the row (both released codes refresh V of every generated row).
         self.refresh_v_from: int | None = None
         self.cold = False  # the cache is empty: a signal measured against it means nothing
+        # Set by a plan that knows its rows hold no prompt row (True) or may (False); None: the
+        # layer reads the rows to find out (a device-to-host sync).
+        self.gen_only: bool | None = None
         self._v_reused = False  # kv_rows took the recomputed rows' V from gen_values()
 
     @cached_property
@@ -128,7 +131,10 @@ class LayerProbe:
         k = self.block.keys(normed, rope)
         if self._gen_values is not None:
             P = self.x.shape[1] - self._gen_values.shape[2]
-            if bool((rows >= P).all()):
+            gen_only = self.gen_only
+            if gen_only is None:
+                gen_only = bool((rows >= P).all())
+            if gen_only:
                 idx = (rows - P)[:, None, :, None].expand(
                     -1, self._gen_values.shape[1], -1, self._gen_values.shape[3]
                 )

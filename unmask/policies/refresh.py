@@ -235,6 +235,7 @@ class DLLMCachePlan:
         p, ctx = self.policy, self.ctx
         refresh_prompt, refresh_gen = self.refreshes(layer)
         mask = scheduled_rows(ctx, refresh_prompt, refresh_gen)
+        probe.gen_only = not refresh_prompt
         if mask is None or refresh_gen:
             return mask
         P, G = ctx.gen_start, ctx.gen_len
@@ -443,6 +444,7 @@ class DCUPlan:
             moved = v_moved(probe, P, refresh=p.fresh_v)
         p._s_now[layer] = moved.mean().float()  # stays on the device: no sync inside a forward
         mask = scheduled_rows(ctx, self.refresh_prompt, self.refresh_gen)
+        probe.gen_only = not self.refresh_prompt
         if mask is None or self.refresh_gen:
             return mask
         win, n = self.window, self.budgets[layer]
