@@ -76,3 +76,13 @@ def test_worker_processes_build_the_same_batches_in_order(tmp_path):
     assert len(inline) == len(ahead) == 5
     for (a_ids, a_mask), (b_ids, b_mask) in zip(inline, ahead, strict=True):
         assert torch.equal(a_ids, b_ids) and torch.equal(a_mask, b_mask)
+
+
+def test_snapshots_keep_every_save(tmp_path):
+    cfg = tiny_cfg(tmp_path / "run", steps=10)
+    cfg.snapshots = True
+    train(cfg, log=lambda *_: None)
+    snaps = sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
+    assert snaps == ["step-10", "step-5"]
+    last = tmp_path / "run" / "snapshots" / "step-10" / "model.safetensors"
+    assert last.read_bytes() == (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes()

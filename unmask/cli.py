@@ -401,9 +401,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         compile=args.compile,
         device=_device(args.device),
         workers=args.workers,
+        snapshots=args.snapshots,
     )
     path = train(cfg, resume=not args.fresh)
     print(f"checkpoint: {path}")
+    return 0
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    from unmask.models.load import average
+
+    path = average(args.checkpoints, args.out)
+    print(f"checkpoint: {path} (the mean of {len(args.checkpoints)})")
     return 0
 
 
@@ -596,7 +605,27 @@ def parser() -> argparse.ArgumentParser:
         help="processes that build batches ahead of the steps; a GPU needs a few (default: 0)",
     )
     t.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    t.add_argument(
+        "--snapshots",
+        action="store_true",
+        help="also keep each save's checkpoint as OUT/snapshots/step-N (for `unmask average`)",
+    )
     t.set_defaults(func=cmd_train)
+
+    avg = sub.add_parser(
+        "average",
+        help="average checkpoints of one architecture into a new one",
+        description="Checkpoint averaging: write the uniform mean of the weights of two or more "
+        "checkpoints of one architecture and tokenizer (for instance the snapshots a "
+        "low-learning-rate continuation kept with `unmask train --snapshots`) as a new checkpoint "
+        "in the first one's layout. Weights are averaged in float64, one tensor at a time.",
+        epilog="example:\n  unmask average runs/x/snapshots/step-30000 runs/x/snapshots/step-30500 "
+        "--out runs/x-avg",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    avg.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="directories or names")
+    avg.add_argument("--out", required=True, help="a new (or empty) directory")
+    avg.set_defaults(func=cmd_average)
     return p
 
 

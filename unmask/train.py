@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the forward/backward (~1.2x per step on this CPU)
     device: str = "cpu"  # where the steps run; data and random draws stay on the CPU
     workers: int = 0  # processes building batches ahead of the steps (a GPU outruns one core)
+    snapshots: bool = False  # keep every save's checkpoint as OUT/snapshots/step-N
     eps: float = 1e-3  # smallest mask ratio, as in LLaDA
 
 
@@ -208,7 +210,7 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
         # data stream is indexed by step, so a new batch size just draws other samples).
         saved.steps, saved.save_every, saved.threads = cfg.steps, cfg.save_every, cfg.threads
         saved.compile, saved.device, saved.workers = cfg.compile, cfg.device, cfg.workers
-        saved.batch = cfg.batch
+        saved.batch, saved.snapshots = cfg.batch, cfg.snapshots
         cfg = saved
     else:
         state = None
@@ -270,6 +272,10 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
             )
             state_path.with_suffix(".tmp").replace(state_path)
             export(model, tok, tok_dir, out / "checkpoint")
+            if cfg.snapshots:
+                snap = out / "snapshots" / f"step-{step}"
+                shutil.rmtree(snap, ignore_errors=True)
+                shutil.copytree(out / "checkpoint", snap)
             with history_path.open("a") as f:
                 f.write(json.dumps({"step": step, "loss": ema, "wall_s": round(wall, 1)}) + "\n")
             t0 = time.perf_counter()  # wall_s counts steps (data waits included), not saves

@@ -234,3 +234,80 @@ def save(
             if (src / fname).is_file():
                 shutil.copy(src / fname, out / fname)
     return out
+
+
+def average(sources: list[str | Path], out_dir: str | Path) -> Path:
+    """Checkpoint averaging: write to `out_dir` the uniform mean of several checkpoints of one
+    architecture (e.g. the snapshots of a low-learning-rate continuation). Each tensor is
+    accumulated in float64, one at a time, and stored in the first checkpoint's dtype; the
+    config, tokenizer and other files, and the weight file layout (single file or shards and
+    index), are the first checkpoint's. Refuses differing architectures, tokenizers or tensor
+    sets, and an `out_dir` that already holds files."""
+    if len(sources) < 2:
+        raise CheckpointError("averaging needs at least two checkpoints")
+    paths = [resolve(s) for s in sources]
+    out = Path(out_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out} already exists and is not empty; pick another --out")
+    first_args = read_config(paths[0])[2]
+    first_tok = _tokenizer_text(paths[0])
+    files = [weight_files(p) for p in paths]
+    for p, f in zip(paths[1:], files[1:], strict=True):
+        args = read_config(p)[2]
+        if args != first_args:
+            diff = next(k for k in vars(args) if getattr(args, k) != getattr(first_args, k))
+            raise CheckpointError(
+                f"{p}: {diff} = {getattr(args, diff)!r}, but {paths[0]} has "
+                f"{getattr(first_args, diff)!r}: only one architecture can be averaged"
+            )
+        if _tokenizer_text(p) != first_tok:
+            raise CheckpointError(f"{p}: its tokenizer differs from {paths[0]}'s")
+        if set(f) != set(files[0]):
+            name = sorted(set(f) ^ set(files[0]))[0]
+            raise CheckpointError(f"{p}: tensor {name!r} is in one checkpoint but not the other")
+    handles: dict[Path, object] = {}
+
+    def tensor(p: Path, f: dict[str, Path], name: str):
+        if f[name] not in handles:
+            if not f[name].is_file():
+                raise CheckpointError(f"{p}: shard {f[name].name} listed in the index is missing")
+            handles[f[name]] = open_weights(f[name], "cpu")
+        return handles[f[name]].get_slice(name)
+
+    try:
+        for name in files[0]:  # shapes first: nothing is written for a mismatch
+            shape = tensor(paths[0], files[0], name).get_shape()
+            for p, f in zip(paths[1:], files[1:], strict=True):
+                if (other := tensor(p, f, name).get_shape()) != shape:
+                    raise CheckpointError(
+                        f"{p}: tensor {name!r} has shape {tuple(other)}, "
+                        f"but {paths[0]} has {tuple(shape)}"
+                    )
+        by_file: dict[str, list[str]] = {}
+        for name, fpath in files[0].items():
+            by_file.setdefault(fpath.name, []).append(name)
+        out.mkdir(parents=True, exist_ok=True)
+        for src in paths[0].iterdir():
+            if src.is_file() and not src.name.startswith("model.safetensors"):
+                if not src.name.endswith(".safetensors"):
+                    shutil.copy(src, out / src.name)
+        index = paths[0] / "model.safetensors.index.json"
+        if index.is_file():
+            shutil.copy(index, out / index.name)
+        for fname, names in by_file.items():
+            tensors = {}
+            for name in names:
+                ts = [tensor(p, f, name)[:] for p, f in zip(paths, files, strict=True)]
+                acc = torch.zeros(ts[0].shape, dtype=torch.float64)
+                for t in ts:
+                    acc += t.double()
+                tensors[name] = (acc / len(ts)).to(ts[0].dtype).contiguous()
+            save_file(tensors, out / fname, metadata={"format": "pt"})
+    finally:
+        handles.clear()
+    return out
+
+
+def _tokenizer_text(path: Path) -> str | None:
+    f = path / "tokenizer.json"
+    return f.read_text() if f.is_file() else None
