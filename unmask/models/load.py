@@ -126,6 +126,16 @@ def open_weights(fpath: Path, device: str):
         raise CheckpointError(f"{fpath}: not a readable safetensors file ({e})") from None
 
 
+def _opened(handles: dict[Path, object], path: Path, fpath: Path, device: str):
+    """The safetensors handle of weight file `fpath` of checkpoint `path`, opened once into
+    `handles`; a shard the index lists but the directory lacks is a CheckpointError."""
+    if fpath not in handles:
+        if not fpath.is_file():
+            raise CheckpointError(f"{path}: shard {fpath.name} listed in the index is missing")
+        handles[fpath] = open_weights(fpath, device)
+    return handles[fpath]
+
+
 def default_dtype(device: torch.device, cfg: dict) -> torch.dtype:
     # CPUs here have no bf16 units; on an accelerator keep the checkpoint's own precision.
     if device.type == "cpu":
@@ -157,12 +167,7 @@ def load(
     handles: dict[Path, object] = {}
     try:
         for ours, hub in names.items():
-            fpath = files[hub]
-            if not fpath.is_file():
-                raise CheckpointError(f"{path}: shard {fpath.name} listed in the index is missing")
-            if fpath not in handles:
-                handles[fpath] = open_weights(fpath, str(device))
-            t = handles[fpath].get_tensor(hub)
+            t = _opened(handles, path, files[hub], str(device)).get_tensor(hub)
             if tuple(t.shape) != tuple(params[ours].shape):
                 raise CheckpointError(
                     f"{path}: tensor {hub!r} has shape {tuple(t.shape)}, "
@@ -268,11 +273,7 @@ def average(sources: list[str | Path], out_dir: str | Path) -> Path:
     handles: dict[Path, object] = {}
 
     def tensor(p: Path, f: dict[str, Path], name: str):
-        if f[name] not in handles:
-            if not f[name].is_file():
-                raise CheckpointError(f"{p}: shard {f[name].name} listed in the index is missing")
-            handles[f[name]] = open_weights(f[name], "cpu")
-        return handles[f[name]].get_slice(name)
+        return _opened(handles, p, f[name], "cpu").get_slice(name)
 
     try:
         for name in files[0]:  # shapes first: nothing is written for a mismatch
@@ -287,13 +288,9 @@ def average(sources: list[str | Path], out_dir: str | Path) -> Path:
         for name, fpath in files[0].items():
             by_file.setdefault(fpath.name, []).append(name)
         out.mkdir(parents=True, exist_ok=True)
-        for src in paths[0].iterdir():
-            if src.is_file() and not src.name.startswith("model.safetensors"):
-                if not src.name.endswith(".safetensors"):
-                    shutil.copy(src, out / src.name)
-        index = paths[0] / "model.safetensors.index.json"
-        if index.is_file():
-            shutil.copy(index, out / index.name)
+        for src in paths[0].iterdir():  # config, tokenizer, shard index: the first's
+            if src.is_file() and src.suffix != ".safetensors":
+                shutil.copy(src, out / src.name)
         for fname, names in by_file.items():
             tensors = {}
             for name in names:

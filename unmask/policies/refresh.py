@@ -341,7 +341,8 @@ class DCU(RefreshPolicy):
             self._s_prev = torch.stack([zero if s is None else s for s in self._s_now]).cpu()
         self._s_now = [None] * ctx.n_layers
         budget, window = self.sizes(ctx)
-        room = ctx.gen_len - window_span(window, ctx.gen_len)  # rows outside the window
+        span = window_span(window, ctx.gen_len)
+        room = ctx.gen_len - span  # rows outside the window
         if self.alloc == "uniform" or self._s_prev is None or float(self._s_prev.sum()) <= 0:
             budgets = [min(budget, room)] * ctx.n_layers
         elif self.layer0_full:  # layer 0 recomputes everything: the others share the total
@@ -354,7 +355,7 @@ class DCU(RefreshPolicy):
             ctx,
             budgets,
             window=window_mask(self._key, window, ctx.gen_len),
-            span=window_span(window, ctx.gen_len),
+            span=span,
             refresh_prompt=self.prompt_interval is not None and t % self.prompt_interval == 0,
             refresh_gen=self.gen_interval is not None and t % self.gen_interval == 0,
         )
