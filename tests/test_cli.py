@@ -82,3 +82,17 @@ def test_no_traceback_from_a_real_process(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "config.json" in proc.stderr
+
+
+def test_train_task_mix(capsys):
+    assert cli._task_mix("wordy") == {"wordy": 1.0}
+    assert cli._task_mix("arith:0.85, reverse:0.15") == {"arith": 0.85, "reverse": 0.15}
+    for bad, message in [
+        ("gsm8k", "unknown task 'gsm8k'"),
+        ("wordy,wordy", "named twice"),
+        ("wordy:x", "not a number"),
+        ("wordy:0", "must be > 0"),
+        ("wordy:nan", "must be > 0"),
+    ]:
+        code, _, err = run(["train", "--tasks", bad, "--steps", "1"], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, bad

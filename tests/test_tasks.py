@@ -7,6 +7,7 @@ covers the tokenizer itself).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -29,13 +30,13 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
 
 
 def test_registry_and_unknown_name() -> None:
-    assert set(TASKS) == {"arith", "reverse"}
+    assert set(TASKS) == {"arith", "reverse", "wordy"}
     assert get_task("arith", n_ops=4).n_ops == 4
-    with pytest.raises(ValueError, match="arith, reverse"):
+    with pytest.raises(ValueError, match="arith, reverse, wordy"):
         get_task("gsm9k")
 
 
-@pytest.mark.parametrize("name", ["arith", "reverse"])
+@pytest.mark.parametrize("name", ["arith", "reverse", "wordy"])
 def test_deterministic(name: str) -> None:
     first = get_task(name).samples("train", 50)
     assert get_task(name).samples("train", 50) == first
@@ -44,7 +45,7 @@ def test_deterministic(name: str) -> None:
     assert get_task(name).samples("test", 20) != first[:20]
 
 
-@pytest.mark.parametrize("name", ["arith", "reverse"])
+@pytest.mark.parametrize("name", ["arith", "reverse", "wordy"])
 def test_train_test_disjoint(name: str) -> None:
     task = get_task(name, **({"min_len": 3, "max_len": 4} if name == "reverse" else {}))
     test = {question_of(s) for s in task.samples("test", 5000)}
@@ -52,7 +53,7 @@ def test_train_test_disjoint(name: str) -> None:
     train = {q for s in task.samples("train", 400) for q in re.findall(r"Question: (.*)", s.prompt)}
     assert len(train) > 400 and not test & train
     # With 3..4 digits there are 11000 lists: an unguarded stream would collide often.
-    assert name == "arith" or len(test) < 5000
+    assert name != "reverse" or len(test) < 5000
 
 
 def test_unknown_split() -> None:
@@ -157,3 +158,116 @@ def test_invalid_knobs() -> None:
         get_task("arith", ops="-", n_ops=5, max_operand=5)
     with pytest.raises(ValueError):
         get_task("reverse", min_len=6, max_len=5)
+
+
+# ---- wordy -------------------------------------------------------------------------------------
+
+WORD_OPS = {"+": "+", "plus": "+", "-": "-", "minus": "-"}
+# Every way a wordy reference states an equation, each as (left, op, right, result) groups.
+STATED = [
+    re.compile(r"(\d+) (\+|-|plus|minus) (\d+) (?:=|is|makes|gives) (\d+)"),
+    re.compile(r"adding (\d+) to (\d+) (?:is|makes|gives) (\d+)", re.IGNORECASE),
+    re.compile(r"taking (\d+) from (\d+) leaves (\d+)", re.IGNORECASE),
+]
+
+
+def stated_equations(text: str) -> list[tuple[int, str, int, int]]:
+    """(total, op, amount, result) for every equation a wordy reference states, in text order;
+    "a + v" (the amount first) is read back as (v, +, a), knowing `a` is the question's."""
+    found = []
+    for m in STATED[0].finditer(text):
+        found.append((m.start(), (int(m[1]), WORD_OPS[m[2]], int(m[3]), int(m[4]))))
+    for m in STATED[1].finditer(text):
+        found.append((m.start(), (int(m[2]), "+", int(m[1]), int(m[3]))))
+    for m in STATED[2].finditer(text):
+        found.append((m.start(), (int(m[2]), "-", int(m[1]), int(m[3]))))
+    return [eq for _, eq in sorted(found)]
+
+
+def as_steps(stated, question: str) -> list[tuple[int, str, int, int]]:
+    """Put each stated equation in (running total, op, amount, result) order."""
+    numbers = [int(n) for n in re.findall(r"\d+", question)]
+    value, steps = numbers[0], []
+    for left, op, right, result in stated:
+        if op == "+" and left != value:
+            left, right = right, left  # "7 + 12 = 19" with 12 the running total
+        steps.append((left, op, right, result))
+        value = result
+    return steps
+
+
+def test_wordy_plain_wording_is_arith() -> None:
+    import random
+
+    wordy, arith = get_task("wordy", variation=0.0), get_task("arith", n_ops=4)
+    for seed in range(50):
+        assert wordy._problem(random.Random(seed)) == arith._problem(random.Random(seed))
+
+
+def test_wordy_one_question_many_correct_references() -> None:
+    import random
+
+    task = get_task("wordy")
+    chain = task._chain(random.Random("one question"))
+    refs = {task.word(chain, random.Random(k)) for k in range(40)}
+    assert len(refs) >= 30  # a distribution over phrasings, not one string
+    for ref in refs:
+        sample = Sample(prompt="", reference=ref, answer=chain.answer)
+        assert task.score(sample, ref) and ref.endswith(f"\n#### {chain.answer}")
+        # Every step is stated once, in order, whatever its wording.
+        steps = [(s.value, s.op, s.amount, s.result) for s in chain.steps]
+        assert as_steps(stated_equations(ref), chain.question) == steps
+    # The training stream words its questions independently too: over many draws every choice
+    # point takes more than one value.
+    train = task.samples("train", 300)
+    assert sum(r.reference.startswith("First, ") for r in train) > 20
+    assert 40 < sum(" plus " in r.reference for r in train) < 260
+
+
+def test_wordy_references_are_right_on_both_splits() -> None:
+    task = get_task("wordy")
+    for sample in task.samples("train", 300) + task.samples("test", 300):
+        question = question_of(sample)
+        numbers = [int(n) for n in re.findall(r"\d+", question)]
+        steps = as_steps(stated_equations(sample.reference), question)
+        assert len(steps) == task.n_ops
+        value = numbers[0]
+        for k, (total, op, amount, result) in enumerate(steps):
+            assert total == value and amount == numbers[k + 1]
+            value = value + amount if op == "+" else value - amount
+            assert result == value >= 0
+        assert sample.answer == str(value) and task.score(sample, sample.reference)
+
+
+def test_wordy_score_is_exact() -> None:
+    task = get_task("wordy")
+    sample = task.samples("test", 1)[0]
+    assert task.score(sample, sample.reference)
+    wrong = str(int(sample.answer) + 1)
+    for text in [f"#### {wrong}", sample.reference.replace(f"#### {sample.answer}", "####"), ""]:
+        assert not task.score(sample, text), text
+    # Malformed text before the final line is ignored; a missing final line scores None.
+    assert task.extract(f"12 plus plus = = 7 {wrong}.\n#### {sample.answer}") == sample.answer
+    assert task.extract(f"The answer is {sample.answer}.") is None
+
+
+def test_wordy_lengths_in_tokens(tmp_path: Path) -> None:
+    from unmask.train import TrainConfig, corpus
+
+    # The tokenizer a wordy run builds (the trainer's corpus, on fewer samples).
+    tokenizer = build_tokenizer("llada", corpus(TrainConfig(tasks={"wordy": 1.0}), 1000), tmp_path)
+    task = get_task("wordy")
+    assert (task.gen_len, task.block_len, task.n_ops) == (128, 32, 4)
+    samples = task.samples("test", 300)
+    answer_lens = [len(tokenizer.encode(s.reference)) + 1 for s in samples]
+    fill = sum(answer_lens) / len(answer_lens) / task.gen_len
+    assert 0.4 <= fill <= 0.7 and max(answer_lens) <= task.gen_len
+    # Each alternative word is one token of a tokenizer built on the suite's text.
+    for word in [" plus", " minus", "First", " since", " leaves", " answer", " After", " now"]:
+        assert len(tokenizer.encode(word)) == 1, word
+
+
+def test_wordy_invalid_knobs() -> None:
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="variation"):
+            get_task("wordy", variation=bad)

@@ -272,6 +272,11 @@ def test_run_samples_records_and_summary(tiny_loaded, gsm8k_dir: Path) -> None:
     assert all("Question:" not in r["answer"] for r in rows)  # cut at the stop string
     summary = summarize(recipe, records)
     assert summary["n"] == 2 and summary["nfe_per_sample"] == 8
+    # One position per forward; the answer (up to EOS) is no more than all of them.
+    assert summary["positions_per_nfe"] == 1.0
+    answer = sum(r.answer_tokens for r in records)
+    assert summary["answer_tokens_per_nfe"] == answer / 16 <= 1.0
+    assert summary["answer_fill"] == pytest.approx(answer / 16)
     assert 0 <= summary["flexible_extract"] <= 1
 
 

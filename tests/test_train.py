@@ -86,3 +86,37 @@ def test_snapshots_keep_every_save(tmp_path):
     assert snaps == ["step-10", "step-5"]
     last = tmp_path / "run" / "snapshots" / "step-10" / "model.safetensors"
     assert last.read_bytes() == (tmp_path / "run" / "checkpoint" / "model.safetensors").read_bytes()
+
+
+def test_warm_start_carries_shared_tokens_across_tokenizers(tmp_path):
+    import pytest
+
+    from unmask.models import load as ckpt
+    from unmask.train import warm_start
+
+    source = train(tiny_cfg(tmp_path / "src", steps=5), log=lambda *_: None)
+    # Another task suite, so another tokenizer: digits and specials are shared, words are not.
+    cfg = tiny_cfg(tmp_path / "dst", steps=5)
+    cfg.tasks, cfg.init = {"wordy": 1.0}, str(source)
+    logs = []
+    train(cfg, log=logs.append)
+    assert any("warm start" in line for line in logs)
+    src = ckpt.load(source)
+    tok = Tokenizer.from_dir(tmp_path / "dst" / "tokenizer")
+    torch.manual_seed(0)
+    model = new_model(cfg, tok)
+    shared = warm_start(model, tok, str(source))
+    old = src.tokenizer.backend.get_vocab(with_added_tokens=True)
+    new = tok.backend.get_vocab(with_added_tokens=True)
+    assert 0 < shared == len(old.keys() & new.keys()) < len(new)
+    for token in ("7", "<|mdm_mask|>"):
+        assert torch.equal(model.embed.weight[new[token]], src.model.embed.weight[old[token]])
+        assert torch.equal(model.lm_head.weight[new[token]], src.model.lm_head.weight[old[token]])
+    assert torch.equal(model.layers[0].q_proj.weight, src.model.layers[0].q_proj.weight)
+    # A different shape or family is refused, naming what differs.
+    wide = tiny_cfg(tmp_path / "wide", steps=5)
+    wide.d_model, wide.tasks = 48, {"wordy": 1.0}
+    with pytest.raises(ValueError, match="--d-model"):
+        warm_start(new_model(wide, tok), tok, str(source))
+    with pytest.raises(ValueError, match="llada model, not dream"):
+        warm_start(new_model(tiny_cfg(tmp_path, 5, family="dream"), tok), tok, str(source))

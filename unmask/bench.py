@@ -103,6 +103,15 @@ def summarize(recipe: Recipe, records: list[Record]) -> dict:
         "n": n,
         "nfe_per_sample": sum(r.nfe for r in records) / n,
         "rows_per_sample": sum(r.rows for r in records) / n,
+        # Parallelism: generated positions per forward, and answer tokens (up to EOS) per forward,
+        # since EOS padding, revealed in bulk, inflates the first; and how much of gen_len the
+        # answer fills.
+        "positions_per_nfe": sum(r.all_tokens for r in records)
+        / max(1, sum(r.nfe for r in records)),
+        "answer_tokens_per_nfe": (
+            sum(r.answer_tokens for r in records) / max(1, sum(r.nfe for r in records))
+        ),
+        "answer_fill": sum(r.answer_tokens / max(1, r.all_tokens) for r in records) / n,
         "rows_over_ar_floor": sum(r.rows for r in records) / sum(r.ar_floor for r in records),
         # the same with the V-only projections of the V-proxy policies counted at their cost
         "cost_over_ar_floor": sum(r.cost_rows for r in records) / sum(r.ar_floor for r in records),
@@ -215,6 +224,8 @@ def table(rows: list[dict]) -> str:
         ("recipe", "recipe", "{}"),
         ("acc", "accuracy", "{:.3f}"),
         ("nfe/s", "nfe_per_sample", "{:.1f}"),
+        ("pos/F", "positions_per_nfe", "{:.1f}"),
+        ("ans/F", "answer_tokens_per_nfe", "{:.1f}"),
         ("rows/s", "rows_per_sample", "{:.0f}"),
         ("rows/AR", "rows_over_ar_floor", "{:.2f}"),
         ("+V/AR", "cost_over_ar_floor", "{:.2f}"),

@@ -395,6 +395,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         n_heads=args.n_heads,
         n_kv_heads=args.n_kv_heads or args.n_heads,
         mlp_hidden=args.mlp_hidden,
+        vocab_size=args.vocab_size,
+        tasks=args.tasks,
+        init=args.init,
         seed=args.seed,
         save_every=args.save_every,
         threads=args.threads,
@@ -406,6 +409,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = train(cfg, resume=not args.fresh)
     print(f"checkpoint: {path}")
     return 0
+
+
+def _task_mix(text: str) -> dict[str, float]:
+    """--tasks: "wordy" or "arith:0.85,reverse:0.15" -> {name: weight}."""
+    from unmask.tasks import TASKS
+
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, weight = part.strip().partition(":")
+        if name not in TASKS:
+            raise argparse.ArgumentTypeError(
+                f"unknown task {name!r}; the generated tasks are {', '.join(sorted(TASKS))}"
+            )
+        if name in mix:
+            raise argparse.ArgumentTypeError(f"task {name!r} is named twice")
+        try:
+            mix[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"weight of {name!r} is not a number: {weight!r}"
+            ) from None
+        if not mix[name] > 0 or mix[name] == float("inf"):
+            raise argparse.ArgumentTypeError(f"weight of {name!r} must be > 0, got {weight}")
+    return mix
 
 
 def cmd_average(args: argparse.Namespace) -> int:
@@ -589,6 +616,20 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--n-heads", type=_positive, default=4)
     t.add_argument("--n-kv-heads", type=_positive, default=None)
     t.add_argument("--mlp-hidden", type=_positive, default=352)
+    t.add_argument(
+        "--vocab-size",
+        type=_positive,
+        default=512,
+        help="cap on the BPE vocabulary built from the tasks' text, specials included; merging "
+        "stops sooner once every word is one token (default: %(default)s)",
+    )
+    t.add_argument(
+        "--tasks",
+        type=_task_mix,
+        default={"arith": 0.85, "reverse": 0.15},
+        help="what to train on: NAME or NAME:WEIGHT,... over the generated tasks, e.g. wordy or "
+        "arith:0.85,reverse:0.15 (the default); fixed by the first run of an --out",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save-every", type=_positive, default=500)
     t.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -603,6 +644,14 @@ def parser() -> argparse.ArgumentParser:
         type=_nonnegative,
         default=0,
         help="processes that build batches ahead of the steps; a GPU needs a few (default: 0)",
+    )
+    t.add_argument(
+        "--init",
+        default=None,
+        metavar="CKPT",
+        help="warm start from a checkpoint of the same family and shape (a shipped name or a "
+        "directory); the tokenizer is still built from --tasks, and the rows of tokens both "
+        "vocabularies hold are carried over",
     )
     t.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     t.add_argument(

@@ -52,6 +52,7 @@ class TrainConfig:
     workers: int = 0  # processes building batches ahead of the steps (a GPU outruns one core)
     snapshots: bool = False  # keep every save's checkpoint as OUT/snapshots/step-N
     eps: float = 1e-3  # smallest mask ratio, as in LLaDA
+    init: str | None = None  # warm start from a checkpoint of the same family and shape
 
 
 def chat_ids(tok: Tokenizer, prompt: str) -> list[int]:
@@ -179,6 +180,37 @@ def new_model(cfg: TrainConfig, tok: Tokenizer) -> Transformer:
     return model
 
 
+def warm_start(model: Transformer, tok: Tokenizer, source: str) -> int:
+    """Copy `source`'s weights into a fresh `model` whose tokenizer may differ: every non-vocabulary
+    tensor must match in shape; embedding and output rows are copied for each token string both
+    vocabularies hold (the rest keep their fresh init). Returns how many token rows were copied."""
+    src = ckpt.load(source)
+    if src.args.family != model.args.family:
+        raise ValueError(f"--init {source} is a {src.args.family} model, not {model.args.family}")
+    theirs = src.model.state_dict()
+    mine = model.state_dict()
+    vocab_tensors = {"embed.weight", "lm_head.weight"}
+    for name, tensor in mine.items():
+        if name in vocab_tensors:
+            continue
+        if name not in theirs or theirs[name].shape != tensor.shape:
+            got = tuple(theirs[name].shape) if name in theirs else "nothing"
+            raise ValueError(
+                f"--init {source}: {name} is {got} there, {tuple(tensor.shape)} here; "
+                "pass the same --d-model/--n-layers/--n-heads/--mlp-hidden"
+            )
+        tensor.copy_(theirs[name].to(tensor.dtype))
+    old = src.tokenizer.backend.get_vocab(with_added_tokens=True)
+    pairs = [
+        (i, old[t]) for t, i in tok.backend.get_vocab(with_added_tokens=True).items() if t in old
+    ]
+    new_ids = torch.tensor([i for i, _ in pairs])
+    old_ids = torch.tensor([j for _, j in pairs])
+    for name in vocab_tensors & set(theirs):
+        mine[name][new_ids] = theirs[name][old_ids].to(mine[name].dtype)
+    return len(pairs)
+
+
 def export(model: Transformer, tok: Tokenizer, tok_dir: Path, out: Path) -> None:
     ckpt.save(model, out, tok_dir, pad_id=model.args.eos_id, tokenizer_vocab_size=tok.vocab_size)
 
@@ -228,6 +260,9 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
         betas=(0.9, 0.95),
     )
     step, wall = 0, 0.0
+    if state is None and cfg.init:
+        shared = warm_start(model, tok, cfg.init)
+        log(f"warm start from {cfg.init}: {shared} of {tok.vocab_size} token rows carried over")
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])  # moves the moments to the parameters' device

@@ -8,9 +8,10 @@ from unmask.tasks.gsm8k import Gsm8k
 from unmask.tasks.humaneval import HumanEval
 from unmask.tasks.math500 import Math500
 from unmask.tasks.synthetic import Arith, Reverse
+from unmask.tasks.wordy import Wordy
 
 # Generated: every sample of every split is a function of the knobs (what the trainer draws from).
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Arith, Reverse)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Arith, Reverse, Wordy)}
 # Read from local files the user has (or an installed package ships); nothing is downloaded.
 BENCHMARKS: dict[str, type[Task]] = {cls.name: cls for cls in (Gsm8k, HumanEval, Math500)}
 
@@ -44,5 +45,6 @@ __all__ = [
     "Reverse",
     "Sample",
     "Task",
+    "Wordy",
     "get_task",
 ]

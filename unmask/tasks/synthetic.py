@@ -24,6 +24,29 @@ MAX_REDRAWS = 1000
 
 
 @dataclass(frozen=True)
+class Step:
+    value: int  # the running total before the step
+    op: str  # "+" or "-"
+    amount: int
+    result: int
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One chained word problem before it is worded: the question and its solution steps."""
+
+    question: str
+    name: str
+    pronoun: str
+    item: str
+    steps: tuple[Step, ...]
+
+    @property
+    def answer(self) -> str:
+        return str(self.steps[-1].result)
+
+
+@dataclass(frozen=True)
 class Problem:
     question: str
     reference: str
@@ -131,6 +154,12 @@ class Arith(SyntheticTask):
         self.ops = ops
 
     def _problem(self, rng: random.Random) -> Problem:
+        chain = self._chain(rng)
+        steps = [f"{s.value} {s.op} {s.amount} = {s.result}." for s in chain.steps]
+        return Problem(chain.question, " ".join(steps) + f"\n#### {chain.answer}", chain.answer)
+
+    def _chain(self, rng: random.Random) -> Chain:
+        """The question and its solution steps; the reference's wording is the caller's."""
         name, pronoun = rng.choice(NAMES)
         item = rng.choice(ITEMS)
         can_add = "+" in self.ops
@@ -151,11 +180,10 @@ class Arith(SyntheticTask):
                 amount = rng.randint(1, min(self.max_operand, value - reserve))
                 verb, result = rng.choice(SUB_VERBS), value - amount
             sentences.append(f"{pronoun} {verb.format(n=amount)}.")
-            steps.append(f"{value} {op} {amount} = {result}.")
+            steps.append(Step(value, op, amount, result))
             value = result
         sentences.append(f"How many {item} does {name} have?")
-        answer = str(value)
-        return Problem(" ".join(sentences), " ".join(steps) + f"\n#### {answer}", answer)
+        return Chain(" ".join(sentences), name, pronoun, item, tuple(steps))
 
     def extract(self, text: str) -> str | None:
         """GSM8K convention: the number after the last "####"; text after it is ignored."""
