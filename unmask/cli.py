@@ -216,6 +216,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     recipe = parse(args.recipe)
     task = _task(args)
+    task.preflight()
     samples = task.samples("test", args.n, start=args.start)
     if not samples:
         raise CliError(f"{args.task}: no test samples from index {args.start}")
@@ -283,6 +284,7 @@ def run_bench(
         raise CliError(f"each recipe may appear once: {', '.join(names)}")
     if not task.samples("test", 1, start=start):
         raise CliError(f"{task.name}: no test samples from index {start}")
+    task.preflight()
     lm = load(model, device=_device(device), dtype=_dtype(dtype))
     for recipe in recipes:
         _fit(lm, task, recipe, start + n + warmup, chat)
@@ -682,10 +684,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from unmask.models.load import CheckpointError
     from unmask.policies.base import SpecError
+    from unmask.tasks.sandbox import SandboxUnavailable
 
     try:
         return args.func(args)
-    except (CliError, CheckpointError, SpecError, ValueError) as e:
+    except (CliError, CheckpointError, SpecError, SandboxUnavailable, ValueError) as e:
         print(f"unmask {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an output path that cannot be written

