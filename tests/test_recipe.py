@@ -33,7 +33,7 @@ def test_presets_round_trip(name):
 
 
 def test_items_override_the_preset_in_order():
-    spec = "vanilla+blocks=fixed:len=8,steps=12+gen_len=20+gen_len=24+temperature=0.5+seed=3"
+    spec = "vanilla+blocks=fixed:len=8,steps=12+gen_len=24+temperature=0.5+seed=3"
     r = parse(spec)
     assert r.name == spec
     assert (r.blocks.len, r.blocks.steps) == (8, 12)
@@ -94,8 +94,8 @@ def test_hand_built_recipe_round_trips():
         ("vanilla+blocks=fixed:len", "fixed: expected key=value, got 'len'"),
         ("vanilla+blocks=fixed:len=abc", "fixed: len='abc' is not a valid int"),
         ("vanilla+blocks=fixed:len=2.5", "fixed: len='2.5' is not a valid int"),
-        ("vanilla+blocks=fixed:len=0", "fixed: len must be > 0, got 0"),
-        ("vanilla+blocks=fixed:steps=-2", "fixed: steps must be > 0, got -2"),
+        ("vanilla+blocks=fixed:len=0", "fixed: len must be >= 1, got 0"),
+        ("vanilla+blocks=fixed:steps=-2", "fixed: steps must be >= 1, got -2"),
         ("vanilla+unmask=threshold:tau=high", "threshold: tau='high' is not a valid float"),
         ("gen_len=-1", "gen_len must be > 0, got -1"),
         ("vanilla+gen_len=0", "gen_len must be > 0, got 0"),
@@ -104,6 +104,29 @@ def test_hand_built_recipe_round_trips():
         ("vanilla+temperature=-1", "temperature must be >= 0, got -1.0"),
         ("vanilla+temperature=nan", "temperature"),
         ("vanilla+eos_exit=maybe", "eos_exit='maybe' is not a valid true/false"),
+        # Out-of-range values name the valid range; NaN and infinities never pass.
+        ("fast-dllm+unmask=threshold:tau=1.5", "threshold: tau must be [0, 1], got 1.5"),
+        ("fast-dllm+unmask=threshold:tau=-0.1", "threshold: tau must be [0, 1], got -0.1"),
+        ("fast-dllm+unmask=threshold:tau=nan", "threshold: tau must be a finite number"),
+        ("fast-dllm+unmask=factor:factor=0", "factor: factor must be > 0, got 0"),
+        ("fast-dllm+unmask=factor:factor=-1", "factor: factor must be > 0, got -1"),
+        ("fast-dllm+unmask=factor:factor=inf", "factor: factor must be a finite number"),
+        ("dynamic-dllm+unmask=apd:alpha=-0.1", "apd: alpha must be >= 0, got -0.1"),
+        ("dynamic-dllm+unmask=apd:beta=-1e-3", "apd: beta must be >= 0, got -0.001"),
+        ("dynamic-dllm+unmask=apd:tau=2", "apd: tau must be [0, 1], got 2"),
+        ("cadllm+unmask=cadllm:tau_min=1.2", "cadllm: tau_min must be [0, 1], got 1.2"),
+        ("dynamic-dllm+refresh=dcu:budget=-1", "dcu: budget must be >= 0, got -1"),
+        ("dynamic-dllm+refresh=dcu:prompt_interval=0", "dcu: prompt_interval must be >= 1"),
+        ("dllm-cache+refresh=dllm-cache:rho=1.5", "dllm-cache: rho must be [0, 1], got 1.5"),
+        ("dkv-cache+refresh=dkv:interval=0", "dkv: interval must be >= 1, got 0"),
+        ("cadllm+scorer=topv:v_min=0", "topv: v_min must be >= 1, got 0"),
+        ("cadllm+blocks=cadllm:min_len=9,max_len=8", "need min_len <= max_len"),
+        # A key given twice is an error, not "the last one wins".
+        ("fast-dllm+unmask=threshold:tau=0.5,tau=0.9", "threshold: tau is given twice"),
+        ("vanilla+gen_len=20+gen_len=24", "recipe key 'gen_len' is given twice"),
+        ("vanilla+refresh=dual+refresh=prefix", "recipe key 'refresh' is given twice"),
+        ("vanilla+seed=99999999999999999999", "seed must be in [0, 2^63 - 1]"),
+        ("vanilla+seed=-1", "seed must be in [0, 2^63 - 1]"),
     ],
 )
 def test_bad_specs(spec, message):

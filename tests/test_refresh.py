@@ -47,8 +47,8 @@ def test_refresh_everything_equals_no_cache(tiny_loaded, spec, reference):
         assert got.metrics.rows == want.metrics.rows  # truly every row, every layer
 
 
-def test_dual_with_one_block_and_tau_above_one_reveals_one_per_step(tiny_loaded):
-    out = ids(tiny_loaded, "fast-dllm+blocks=fixed:len=24+unmask=threshold:tau=1.01")
+def test_dual_with_one_block_and_tau_one_reveals_one_per_step(tiny_loaded):
+    out = ids(tiny_loaded, "fast-dllm+blocks=fixed:len=24+unmask=threshold:tau=1")
     assert out.metrics.nfe == 24
 
 

@@ -124,11 +124,15 @@ def parse(spec: str) -> Recipe:
         recipe = parse(PRESETS[items[0]])  # a preset may build on another one
         recipe.name = spec  # the preset name, or what the user wrote with overrides
         items = items[1:]
+    given: set[str] = set()
     for item in items:
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq:
             raise SpecError(f"recipe item {item!r} is not key=value (a preset comes first only)")
+        if key in given:
+            raise SpecError(f"recipe key {key!r} is given twice")
+        given.add(key)
         if key in ROLES:
             setattr(recipe, key, build(ROLES[key], key, value, base=getattr(recipe, key)))
         elif key in SCALARS:
@@ -142,6 +146,8 @@ def parse(spec: str) -> Recipe:
         raise SpecError(f"gen_len must be > 0, got {recipe.gen_len}")
     if not 0 <= recipe.temperature < float("inf"):  # NaN and inf too
         raise SpecError(f"temperature must be >= 0, got {recipe.temperature}")
+    if not 0 <= recipe.seed < 2**63:
+        raise SpecError(f"seed must be in [0, 2^63 - 1], got {recipe.seed}")
     return recipe
 
 

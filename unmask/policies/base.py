@@ -4,6 +4,8 @@ parser `name:key=value,...` shared by every role. Role-specific protocols live i
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -12,12 +14,35 @@ class SpecError(ValueError):
     """A policy or recipe spec that cannot be built; the message says what is wrong."""
 
 
+# The valid ranges a policy's numeric fields may declare (see Policy.bounds).
+RANGES: dict[str, Callable[[float], bool]] = {
+    "[0, 1]": lambda v: 0 <= v <= 1,
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    ">= 1": lambda v: v >= 1,
+}
+
+
 @dataclass
 class Policy:
-    """Init fields are hyperparameters; fields declared with `init=False` are per-request state."""
+    """Init fields are hyperparameters; fields declared with `init=False` are per-request state.
+    `bounds` names each numeric field's valid range (a key of RANGES), checked when the policy
+    is built; a float field is never NaN or infinite."""
 
     name: ClassVar[str] = ""
     role: ClassVar[str] = ""
+    bounds: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if not f.init:
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
+            rule = self.bounds.get(f.name)
+            if rule is not None and value is not None and not RANGES[rule](value):
+                raise ValueError(f"{f.name} must be {rule}, got {_fmt(value)}")
 
     def reset(self, req: Any) -> None:
         """Start of a request: forget per-request state."""
@@ -82,11 +107,15 @@ def build(
     kwargs: dict[str, Any] = {}
     if base is not None and base.name == name:
         kwargs = {k: getattr(base, k) for k in init}
+    given: set[str] = set()
     for item in filter(None, (p.strip() for p in params.split(","))):
         key, eq, raw = item.partition("=")
         key = key.strip().replace("-", "_")
         if not eq:
             raise SpecError(f"{name}: expected key=value, got {item!r}")
+        if key in given:
+            raise SpecError(f"{name}: {key} is given twice")
+        given.add(key)
         if key not in init:
             known = ", ".join(init) or "none"
             raise SpecError(f"{name}: unknown parameter {key!r} (parameters: {known})")

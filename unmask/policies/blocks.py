@@ -39,14 +39,9 @@ class FixedBlocks(BlockSchedule):
     passes in all (default: gen_len, one token per step) split evenly over the blocks."""
 
     name: ClassVar[str] = "fixed"
+    bounds: ClassVar[dict[str, str]] = {"len": ">= 1", "steps": ">= 1"}
     len: int | None = None
     steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.len is not None and self.len <= 0:
-            raise ValueError(f"len must be > 0, got {self.len}")
-        if self.steps is not None and self.steps <= 0:
-            raise ValueError(f"steps must be > 0, got {self.steps}")
 
     def next_block(self, start: int, ctx) -> Block:
         length = self.len or ctx.block_len
@@ -69,6 +64,13 @@ class AdaptiveBlocks(BlockSchedule):
     With a threshold rule S only sets the slope of the tau sawtooth."""
 
     name: ClassVar[str] = "cadllm"
+    bounds: ClassVar[dict[str, str]] = {
+        "init_len": ">= 1",
+        "min_len": ">= 1",
+        "max_len": ">= 1",
+        "init_steps": ">= 1",
+        "max_steps": ">= 1",
+    }
     init_len: int = 24
     min_len: int = 4
     max_len: int = 64
@@ -81,10 +83,9 @@ class AdaptiveBlocks(BlockSchedule):
     _dream: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not 0 < self.min_len <= self.max_len:
-            raise ValueError(f"need 0 < min_len <= max_len, got {self.min_len}, {self.max_len}")
-        if self.init_len <= 0 or self.init_steps <= 0 or self.max_steps <= 0:
-            raise ValueError("init_len, init_steps and max_steps must be > 0")
+        super().__post_init__()
+        if self.min_len > self.max_len:
+            raise ValueError(f"need min_len <= max_len, got {self.min_len}, {self.max_len}")
 
     def reset(self, req) -> None:
         one_prompt_only(self, req)

@@ -151,14 +151,14 @@ class DKVCache(RefreshPolicy):
     recomputes row p while p itself is not cached yet."""
 
     name: ClassVar[str] = "dkv"
+    bounds: ClassVar[dict[str, str]] = {"interval": ">= 1"}
     interval: int = 8
     shift: str = "un"
     _ctx: object = field(default=None, init=False, repr=False)
     _prev: Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.interval <= 0:
-            raise ValueError(f"interval must be > 0, got {self.interval}")
+        super().__post_init__()
         if self.shift not in ("un", "un_right"):
             raise ValueError(f"shift must be un or un_right, got {self.shift!r}")
 
@@ -196,17 +196,12 @@ class DLLMCache(RefreshPolicy):
     recomputes layer 0."""
 
     name: ClassVar[str] = "dllm-cache"
+    bounds: ClassVar[dict[str, str]] = {"kp": ">= 1", "kr": ">= 1", "rho": "[0, 1]"}
     features: ClassVar[bool] = True
     kp: int = 50
     kr: int = 7
     rho: float = 0.25
     layer0_full: bool = False
-
-    def __post_init__(self) -> None:
-        if self.kp <= 0 or self.kr <= 0:
-            raise ValueError(f"kp and kr must be > 0, got {self.kp}, {self.kr}")
-        if not 0 <= self.rho <= 1:
-            raise ValueError(f"rho must be in [0, 1], got {self.rho}")
 
     def plan(self, ctx) -> DLLMCachePlan:
         return DLLMCachePlan(self, ctx)
@@ -288,11 +283,18 @@ class DCU(RefreshPolicy):
     applied below 256, where the paper gives no value (at gen_len 64 it would leave a 9-row
     window inside a 32-row block). Prompt rows are recomputed every `prompt_interval` steps,
     all generated rows every `gen_interval` (none: never after the first step); the rest add
-    cached contributions.
+    cached contributions. budget=0 keeps the window alone (the ablation that shows a token stuck
+    without it); window=0 keeps the budget alone.
     fresh_v (default, as the released code): V of every generated row is refreshed each step
     (computed anyway), K and the attention/MLP contributions only for the chosen rows."""
 
     name: ClassVar[str] = "dcu"
+    bounds: ClassVar[dict[str, str]] = {
+        "budget": ">= 0",
+        "window": ">= 0",
+        "prompt_interval": ">= 1",
+        "gen_interval": ">= 1",
+    }
     features: ClassVar[bool] = True
     budget: int | None = None
     window: int | None = None
@@ -310,14 +312,11 @@ class DCU(RefreshPolicy):
     info: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.proxy not in ("x", "v"):
             raise ValueError(f"proxy must be x or v, got {self.proxy!r}")
         if self.alloc not in ("proportional", "uniform"):
             raise ValueError(f"alloc must be proportional or uniform, got {self.alloc!r}")
-        for k in ("budget", "window", "prompt_interval", "gen_interval"):
-            v = getattr(self, k)
-            if v is not None and v < (1 if k.endswith("interval") else 0):
-                raise ValueError(f"{k} must be {'> 0' if k.endswith('interval') else '>= 0'}")
 
     def reset(self, req) -> None:
         self._ctx = req

@@ -81,6 +81,7 @@ class TopV(Scorer):
     the last 4 committed tokens repeat, clipped to [v_min, v_max]. adaptive=false: V = v_init."""
 
     name: ClassVar[str] = "topv"
+    bounds: ClassVar[dict[str, str]] = {"v_init": ">= 1", "v_min": ">= 1", "v_max": ">= 1"}
     v_init: int = 100
     v_min: int = 35
     v_max: int = 1000
@@ -91,8 +92,9 @@ class TopV(Scorer):
     _dream: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not 0 < self.v_min <= self.v_max:
-            raise ValueError(f"need 0 < v_min <= v_max, got {self.v_min}, {self.v_max}")
+        super().__post_init__()
+        if self.v_min > self.v_max:
+            raise ValueError(f"need v_min <= v_max, got {self.v_min}, {self.v_max}")
 
     def reset(self, req) -> None:
         one_prompt_only(self, req)

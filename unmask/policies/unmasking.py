@@ -74,6 +74,7 @@ class Threshold(UnmaskRule):
     dream_first: see dream_block_start."""
 
     name: ClassVar[str] = "threshold"
+    bounds: ClassVar[dict[str, str]] = {"tau": "[0, 1]"}
     tau: float = 0.9
     dream_first: bool | None = None
 
@@ -92,6 +93,7 @@ class Factor(UnmaskRule):
     at its block-start step whatever the rule)."""
 
     name: ClassVar[str] = "factor"
+    bounds: ClassVar[dict[str, str]] = {"factor": "> 0"}
     factor: float = 1.0
     dream_first: bool | None = None
 
@@ -122,6 +124,7 @@ class APD(UnmaskRule):
     released code's per-token mode, needs all positions' logits); scope=block: only the block's."""
 
     name: ClassVar[str] = "apd"
+    bounds: ClassVar[dict[str, str]] = {"tau": "[0, 1]", "alpha": ">= 0", "beta": ">= 0"}
     tau: float = 0.9
     alpha: float = 0.001
     beta: float = 0.0008
@@ -132,6 +135,7 @@ class APD(UnmaskRule):
     info: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.scope not in ("gen", "block"):
             raise ValueError(f"scope must be gen or block, got {self.scope!r}")
 
@@ -184,6 +188,7 @@ class CadThreshold(UnmaskRule):
     first step reveals only its first position."""
 
     name: ClassVar[str] = "cadllm"
+    bounds: ClassVar[dict[str, str]] = {"tau_base": "[0, 1]", "tau_min": "[0, 1]"}
     tau_base: float = 0.85
     tau_min: float = 0.40
     global_decay: bool = False
