@@ -31,8 +31,12 @@ FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 @pytest.fixture(scope="module")
 def corpus() -> list[str]:
+    # As the trainer's corpus: prompts and references apart (a reference starts a text).
     return [
-        s.prompt + " " + s.reference for name in TASKS for s in get_task(name).samples("train", 300)
+        text
+        for name in TASKS
+        for s in get_task(name).samples("train", 300)
+        for text in (s.prompt, s.reference)
     ]
 
 

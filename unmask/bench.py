@@ -4,6 +4,7 @@ records, summary rows, a printed table and a JSON record. Plotting lives in plot
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -126,8 +127,10 @@ def summarize(recipe: Recipe, records: list[Record]) -> dict:
     return summary
 
 
-def fit_shots(lm: Loaded, task: Task, recipe: Recipe, n: int, chat: bool = True) -> int | None:
-    """Lower `task.shots` until the first n test prompts plus the generated region fit the
+def fit_shots(
+    lm: Loaded, task: Task, recipe: Recipe, n: int, chat: bool = True, start: int = 0
+) -> int | None:
+    """Lower `task.shots` until test prompts start..start+n plus the generated region fit the
     model's context (lm-eval would cut the prompt's start instead). Returns the new shot count
     when it had to change, None when the prompts fit as they are; raises ValueError when even
     zero-shot prompts do not fit."""
@@ -135,7 +138,7 @@ def fit_shots(lm: Loaded, task: Task, recipe: Recipe, n: int, chat: bool = True)
     budget = lm.args.max_seq_len - gen_len
     first = task.shots
     while True:
-        prompts = [s.prompt for s in task.samples("test", n)]
+        prompts = [s.prompt for s in task.samples("test", n, start=start)]
         longest = max((len(ids) for ids in encode_prompts(lm, prompts, chat)), default=0)
         if longest <= budget:
             return None if task.shots == first else task.shots
@@ -174,9 +177,13 @@ def bench(
     progress: bool = True,
     chat: bool = True,
     start: int = 0,
-) -> tuple[list[dict], list[Record]]:
+    on_record: Callable[[Record], None] | None = None,
+) -> tuple[list[dict], list[Record], bool]:
     """Every recipe on the same n test samples (from index `start`), in interleaved order so
-    that machine noise hits all alike, after `warmup` untimed samples per recipe."""
+    that machine noise hits all alike, after `warmup` untimed samples per recipe. Each record
+    goes to `on_record` as soon as it is measured. An interrupt (Ctrl-C) ends the run early:
+    the rows then summarise the samples every recipe finished, and the flag returned is True
+    (partial)."""
     samples = task.samples("test", n, start=start)
     for recipe in recipes:
         for s in task.samples("test", warmup, start=start + n) or samples[:warmup]:
@@ -196,20 +203,30 @@ def bench(
         )
         for i, r in enumerate(recipes)
     }
-    for i, s in enumerate(samples):
-        for recipe in recipes:
-            records[recipe.name] += run_samples(lm, task, recipe, [s], start=start + i, chat=chat)
-            bars[recipe.name].set_postfix(acc=f"{accuracy(records[recipe.name]):.3f}")
-            bars[recipe.name].update(1)
-    for bar in bars.values():
-        bar.close()
-    rows = [summarize(r, records[r.name]) for r in recipes]
+    done, partial = 0, False
+    try:
+        for i, s in enumerate(samples):
+            for recipe in recipes:
+                new = run_samples(lm, task, recipe, [s], start=start + i, chat=chat)
+                records[recipe.name] += new
+                for r in new if on_record else ():
+                    on_record(r)
+                bars[recipe.name].set_postfix(acc=f"{accuracy(records[recipe.name]):.3f}")
+                bars[recipe.name].update(1)
+            done = i + 1
+    except KeyboardInterrupt:
+        partial = True
+    finally:
+        for bar in bars.values():
+            bar.close()
+    kept = {name: rs[:done] for name, rs in records.items()}
+    rows = [summarize(r, kept[r.name]) for r in recipes] if done else []
     for ref in REFERENCES:
         base = next((r for r in rows if r["recipe"] == ref), None)
         for r in rows:
             key = "speedup_vs_" + ref.replace("-", "_")
             r[key] = r["answer_tokens_per_s"] / base["answer_tokens_per_s"] if base else None
-    return rows, [x for r in recipes for x in records[r.name]]
+    return rows, [x for r in recipes for x in kept[r.name]], partial
 
 
 def machine(device: torch.device) -> str:

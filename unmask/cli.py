@@ -82,6 +82,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    value = _nonnegative(text)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"must be below 2^63, got {value}")
+    return value
+
+
 def _nonnegative(text: str) -> int:
     try:
         value = int(text)
@@ -194,11 +201,11 @@ def _task(args: argparse.Namespace):
     return get_task(args.task, **{k: v for k, v in knobs.items() if v is not None})
 
 
-def _fit(lm, task, recipe, n: int, chat: bool) -> None:
+def _fit(lm, task, recipe, n: int, chat: bool, start: int = 0) -> None:
     from unmask.bench import fit_shots
 
     first = task.shots
-    shots = fit_shots(lm, task, recipe, n, chat)
+    shots = fit_shots(lm, task, recipe, n, chat, start=start)
     if shots is not None:
         print(
             f"{task.name}: {first}-shot prompts do not fit the model's context of "
@@ -212,30 +219,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from unmask.bench import record_dicts, run_samples, summarize
     from unmask.models.load import load
+    from unmask.outputs import RecordStream, check_output
     from unmask.recipe import parse
 
     recipe = parse(args.recipe)
     task = _task(args)
     task.preflight()
+    check_output(args.json, "--jsonl")
     samples = task.samples("test", args.n, start=args.start)
     if not samples:
         raise CliError(f"{args.task}: no test samples from index {args.start}")
     lm = load(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
     chat = not args.raw
-    _fit(lm, task, recipe, args.start + args.n, chat)
+    _fit(lm, task, recipe, args.n, chat, start=args.start)
     samples = task.samples("test", args.n, start=args.start)
     records = []
-    # Records are written as they come, so a long run that stops early keeps what it measured.
-    with open(args.json or os.devnull, "w") as out:
+    # Records stream to disk as they come and replace the file only at the end (or at an
+    # interrupt, holding what was measured); a run that fails leaves an old file as it was.
+    stream = RecordStream(args.json)
+    interrupted = False
+    try:
         for lo in tqdm(
             range(0, len(samples), args.batch), desc=f"eval {recipe.name}", unit="batch"
         ):
             chunk = samples[lo : lo + args.batch]
             new = run_samples(lm, task, recipe, chunk, args.start + lo, args.batch, chat=chat)
             for r in record_dicts(new):
-                out.write(json.dumps(r) + "\n")
-            out.flush()
+                stream.write(r)
             records += new
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException:
+        kept = stream.abort()
+        if kept is not None:
+            print(f"unmask eval: the records measured so far are in {kept}", file=sys.stderr)
+        raise
+    if not records:
+        stream.abort()
+        raise KeyboardInterrupt
+    stream.commit()
     summary = summarize(recipe, records)
     summary.update(
         model=str(args.model),
@@ -244,6 +266,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         shots=task.shots,
         gen_len=task.gen_len,
         chat=chat,
+        partial=interrupted,
         **_placement(lm),
     )
     extras = "".join(
@@ -252,11 +275,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(
         f"{args.task} {recipe.name}: accuracy {summary['accuracy']:.3f} on {summary['n']}"
         f"{extras}, nfe/sample {summary['nfe_per_sample']:.1f}, "
-        f"rows/ar_floor {summary['rows_over_ar_floor']:.2f}",
+        f"rows/ar_floor {summary['rows_over_ar_floor']:.2f}"
+        + (" (interrupted: partial)" if interrupted else ""),
         file=sys.stderr,
     )
     print(json.dumps(summary))
-    return 0
+    return 130 if interrupted else 0
 
 
 def run_bench(
@@ -276,6 +300,7 @@ def run_bench(
 ) -> dict:
     from unmask.bench import bench, machine, table, trace
     from unmask.models.load import load
+    from unmask.outputs import RecordStream, check_output, check_plot, write_json
     from unmask.recipe import parse
 
     recipes = [parse(r) for r in recipe_specs]
@@ -285,10 +310,36 @@ def run_bench(
     if not task.samples("test", 1, start=start):
         raise CliError(f"{task.name}: no test samples from index {start}")
     task.preflight()
+    # Every output is checked before any work: a bad path must not cost a finished bench.
+    check_output(json_path, "--json")
+    check_output(records_path, "--records")
+    check_plot(plot_path)
     lm = load(model, device=_device(device), dtype=_dtype(dtype))
     for recipe in recipes:
-        _fit(lm, task, recipe, start + n + warmup, chat)
-    rows, records = bench(lm, task, recipes, n, warmup=warmup, chat=chat, start=start)
+        _fit(lm, task, recipe, n + warmup, chat, start=start)
+    from dataclasses import asdict
+
+    stream = RecordStream(records_path)
+    try:
+        rows, records, partial = bench(
+            lm,
+            task,
+            recipes,
+            n,
+            warmup=warmup,
+            chat=chat,
+            start=start,
+            on_record=lambda r: stream.write(asdict(r)),
+        )
+    except BaseException:
+        kept = stream.abort()
+        if kept is not None:
+            print(f"unmask bench: the records measured so far are in {kept}", file=sys.stderr)
+        raise
+    if not rows:
+        stream.abort()
+        raise KeyboardInterrupt  # interrupted before every recipe finished one sample
+    stream.commit()
     result = {
         "model": str(model),
         "task": task.name,
@@ -297,23 +348,23 @@ def run_bench(
         "gen_len": task.gen_len,
         "machine": machine(next(lm.model.parameters()).device),
         **_placement(lm),
+        "partial": partial,
         "runs": rows,
     }
     print(table(rows), file=sys.stderr)
+    if partial:
+        print(
+            f"interrupted: partial results, {result['n']} of {n} samples per recipe",
+            file=sys.stderr,
+        )
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=2)
-    if records_path:
-        from dataclasses import asdict
-
-        with open(records_path, "w") as f:
-            for r in records:
-                f.write(json.dumps(asdict(r)) + "\n")
+        write_json(json_path, result)
     if plot_path:
         from unmask.plots import pareto
 
         pareto(result, plot_path)
         print(f"plot: {plot_path}", file=sys.stderr)
+    step_plots = step_plots and not partial
     if plot_path and step_plots:
         from pathlib import Path
 
@@ -352,7 +403,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     print(json.dumps(result))
-    return 0
+    return 130 if result["partial"] else 0
 
 
 # One preset per method for the demo; variants and ablations are a `bench --recipes` away.
@@ -380,7 +431,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.model, get_task("arith"), list(DEMO_RECIPES), args.n, None, "demo.json", "demo.png"
     )
     print(json.dumps(result))
-    return 0
+    return 130 if result["partial"] else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -632,7 +683,7 @@ def parser() -> argparse.ArgumentParser:
         help="what to train on: NAME or NAME:WEIGHT,... over the generated tasks, e.g. wordy or "
         "arith:0.85,reverse:0.15 (the default); fixed by the first run of an --out",
     )
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_seed, default=0, help="seed of the data stream and the init")
     t.add_argument("--save-every", type=_positive, default=500)
     t.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     t.add_argument(
@@ -680,6 +731,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_stdout() -> None:
+    """After a failed write to stdout, point it at /dev/null so that the interpreter's own
+    flush at exit does not print a second, traceback-like error."""
+    try:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from unmask.models.load import CheckpointError
@@ -687,12 +747,16 @@ def main(argv: list[str] | None = None) -> int:
     from unmask.tasks.sandbox import SandboxUnavailable
 
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a full disk behind stdout is an error here, not at exit
+        return code
     except (CliError, CheckpointError, SpecError, SandboxUnavailable, ValueError) as e:
         print(f"unmask {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # an output path that cannot be written
-        print(f"unmask {args.command}: error: {e.strerror}: {e.filename}", file=sys.stderr)
+    except OSError as e:  # an output that cannot be written
+        where = e.filename if e.filename is not None else "standard output"
+        print(f"unmask {args.command}: error: {e.strerror or e}: {where}", file=sys.stderr)
+        _quiet_stdout()
         return 2
     except KeyboardInterrupt:
         print(f"unmask {args.command}: interrupted", file=sys.stderr)

@@ -22,6 +22,7 @@ from matplotlib.ticker import (
 )
 
 from unmask.generate import StepEvent  # noqa: E402
+from unmask.outputs import save_figure  # noqa: E402
 
 MAX_TOKEN_LABELS = 64  # beyond this many positions the y axis shows offsets, not tokens
 
@@ -80,7 +81,7 @@ def pareto(result: dict, path: str) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -194,7 +195,7 @@ def confidence_heatmap(
     if series:
         _controller_panel(low, series, t)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -276,5 +277,5 @@ def rows_heatmap(events: list[StepEvent], path: str, title: str = "") -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)

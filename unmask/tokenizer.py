@@ -52,7 +52,10 @@ class Tokenizer:
             # Newer Hub repos keep the template beside the config instead of inside it.
             config["chat_template"] = (path / "chat_template.jinja").read_text(encoding="utf-8")
         if (path / "tokenizer.json").is_file():
-            backend = Backend.from_file(str(path / "tokenizer.json"))
+            try:
+                backend = Backend.from_file(str(path / "tokenizer.json"))
+            except Exception as e:  # the tokenizers library raises bare Exceptions
+                raise ValueError(f"tokenizer.json is not a valid tokenizer ({e})") from None
         elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
             backend = _qwen2_backend(path, config.get("added_tokens_decoder") or {})
         else:
@@ -63,6 +66,12 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`; special-token strings inside it map to their ids, none are added."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # e.g. argv bytes that were not UTF-8 (surrogates)
+            raise ValueError(
+                f"text is not valid UTF-8 (undecodable byte at character {e.start})"
+            ) from None
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
@@ -109,7 +118,15 @@ def _pick_template(value: Any) -> str | None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path.name} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name} is not a JSON object")
+    return data
 
 
 def _raise_exception(message: str) -> None:

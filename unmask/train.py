@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -226,6 +227,32 @@ def _cpu(obj):
     return obj
 
 
+def load_state(path: Path) -> tuple[dict, TrainConfig]:
+    """A training state this trainer wrote, unpickled with torch's weights-only loader (tensors,
+    containers and numbers only: a planted pickle cannot run code), checked before use."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path}: not a training state this trainer wrote (not tensors and plain data; "
+            "refused to unpickle it)"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, AttributeError) as e:
+        raise ValueError(
+            f"{path}: corrupt or truncated training state ({type(e).__name__})"
+        ) from None
+    expected = {"config": dict, "model": dict, "opt": dict, "step": int, "wall_s": float}
+    if not isinstance(state, dict) or any(
+        not isinstance(state.get(k), t) for k, t in expected.items()
+    ):
+        raise ValueError(f"{path}: not a training state (expected {', '.join(expected)})")
+    try:
+        cfg = TrainConfig(**state["config"])
+    except TypeError as e:
+        raise ValueError(f"{path}: its config does not fit this trainer ({e})") from None
+    return state, cfg
+
+
 def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -234,8 +261,12 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     tok_dir = out / "tokenizer"
     state_path = out / STATE
     if resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        saved = TrainConfig(**state["config"])
+        state, saved = load_state(state_path)
+        if not (tok_dir / "tokenizer.json").is_file():
+            raise ValueError(
+                f"{out} has a training state but no tokenizer in {tok_dir}; restore it, or "
+                "start over with --fresh"
+            )
         if saved.family != cfg.family:
             raise ValueError(f"{out} holds a {saved.family} run; pass a fresh --out")
         # What may change across a resume: length, cadence, threads, compile, batch size (the

@@ -5,7 +5,7 @@ A Qwen2-shaped bidirectional model whose logits are shifted: position p is predi
 
 from __future__ import annotations
 
-from unmask.models.layers import ModelArgs
+from unmask.models.layers import ModelArgs, config_number
 
 MODEL_TYPE = "Dream"
 ARCHITECTURE = "DreamModel"
@@ -26,8 +26,8 @@ def args_from_config(cfg: dict) -> ModelArgs:
         n_heads=n_heads,
         n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
         mlp_hidden=cfg["intermediate_size"],
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=config_number(cfg, "rope_theta", 10000.0),
+        norm_eps=config_number(cfg, "rms_norm_eps", 1e-6),
         qkv_bias=True,
         max_seq_len=cfg.get("max_position_embeddings", 32768),
         mask_id=cfg["mask_token_id"],

@@ -39,6 +39,14 @@ class ModelArgs:
         return self.d_model // self.n_heads
 
 
+def config_number(cfg: dict, key: str, default: float) -> float:
+    """A real-valued config.json entry; ValueError naming the key when it is not a number."""
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    return float(value)
+
+
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     # Both reference implementations normalise in float32 and cast back before the affine weight.
     xf = x.float()

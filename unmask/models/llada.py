@@ -5,7 +5,7 @@ Maps the Hub layout onto the shared Transformer in layers.py; holds no compute o
 
 from __future__ import annotations
 
-from unmask.models.layers import ModelArgs
+from unmask.models.layers import ModelArgs, config_number
 
 MODEL_TYPE = "llada"
 ARCHITECTURE = "LLaDAModelLM"
@@ -39,8 +39,8 @@ def args_from_config(cfg: dict) -> ModelArgs:
         n_heads=n_heads,
         n_kv_heads=n_kv,
         mlp_hidden=hidden,
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+        rope_theta=config_number(cfg, "rope_theta", 10000.0),
+        norm_eps=config_number(cfg, "rms_norm_eps", 1e-5),
         qkv_bias=bool(cfg.get("include_qkv_bias") or cfg.get("include_bias")),
         max_seq_len=cfg.get("max_sequence_length", 4096),
         mask_id=cfg["mask_token_id"],

@@ -4,6 +4,7 @@ sharded), tokenizer files. Name resolution for the shipped tiny models. No compu
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,17 +76,58 @@ def read_config(path: Path) -> tuple[ModuleType, dict, ModelArgs]:
     if not cfg_path.is_file():
         raise CheckpointError(f"{path}: no config.json")
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
     fam = family_of(cfg, path)
     try:
         args = fam.args_from_config(cfg)
     except KeyError as e:
         raise CheckpointError(f"{cfg_path}: missing config key {e.args[0]!r}") from None
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_path}: {e}") from None
+    check_args(args, cfg_path)
     return fam, cfg, args
+
+
+# ModelArgs fields that must be whole numbers, with their least value.
+_INT_FIELDS = {
+    "vocab_size": 1,
+    "d_model": 1,
+    "n_layers": 1,
+    "n_heads": 1,
+    "n_kv_heads": 1,
+    "mlp_hidden": 1,
+    "max_seq_len": 1,
+    "mask_id": 0,
+    "eos_id": 0,
+}
+
+
+def check_args(a: ModelArgs, cfg_path: Path) -> None:
+    """Types and ranges of what config.json gave, before any tensor is made."""
+    for name, least in _INT_FIELDS.items():
+        value = getattr(a, name)
+        if type(value) is not int or value < least:
+            raise CheckpointError(
+                f"{cfg_path}: {name} must be an integer >= {least}, got {value!r}"
+            )
+    for name in ("rope_theta", "norm_eps"):
+        value = getattr(a, name)
+        if not (math.isfinite(value) and value > 0):
+            raise CheckpointError(f"{cfg_path}: {name} must be a positive number, got {value!r}")
+    for name in ("mask_id", "eos_id"):
+        if getattr(a, name) >= a.vocab_size:
+            raise CheckpointError(
+                f"{cfg_path}: {name} {getattr(a, name)} is outside the vocabulary of {a.vocab_size}"
+            )
+    if a.d_model % a.n_heads or a.n_heads % a.n_kv_heads:
+        raise CheckpointError(
+            f"{cfg_path}: d_model {a.d_model}, n_heads {a.n_heads} and n_kv_heads {a.n_kv_heads} "
+            "do not divide evenly"
+        )
 
 
 def tensor_names(fam: ModuleType, internal_names: list[str], tied: bool) -> dict[str, str]:
@@ -182,6 +224,11 @@ def load(
         tokenizer = Tokenizer.from_dir(path)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot load tokenizer ({e})") from None
+    if tokenizer.vocab_size > args.vocab_size:
+        raise CheckpointError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} ids but the model only "
+            f"{args.vocab_size} embeddings"
+        )
     eot = next((i for t in END_OF_TURN if (i := tokenizer.token_to_id(t)) is not None), None)
     return Loaded(model=model, tokenizer=tokenizer, args=args, path=path, eot_id=eot)
 

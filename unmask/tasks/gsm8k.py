@@ -43,6 +43,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); expected JSON lines") from None
     rows = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -53,6 +55,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
         if not isinstance(row, dict) or not {"question", "answer"} <= row.keys():
             raise DataError(f"{path}:{i}: expected an object with 'question' and 'answer'")
+        for key in ("question", "answer"):
+            if not isinstance(row[key], str):
+                raise DataError(
+                    f"{path}:{i}: {key!r} must be a string, got {type(row[key]).__name__}"
+                )
         rows.append(row)
     return rows
 

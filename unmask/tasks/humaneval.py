@@ -37,11 +37,14 @@ def read_problems(path: Path) -> list[dict[str, Any]]:
     try:
         with opener(path, "rt", encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"humaneval: cannot read {path}: {e}") from None
     keys = {"task_id", "prompt", "test", "entry_point"}
-    if not rows or not all(keys <= row.keys() for row in rows):
-        raise DataError(f"humaneval: {path} rows need {', '.join(sorted(keys))}")
+    good = all(
+        isinstance(row, dict) and all(isinstance(row.get(k), str) for k in keys) for row in rows
+    )
+    if not rows or not good:
+        raise DataError(f"humaneval: {path} rows need string {', '.join(sorted(keys))}")
     return rows
 
 

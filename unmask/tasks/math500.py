@@ -134,10 +134,12 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             rows = [r for r in json.loads(text) if r.get("data_source", MMATH_SOURCE) == "MATH500"]
         else:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError, AttributeError, TypeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as e:
         raise DataError(f"math500: cannot read {path}: {e}") from None
     out = []
     for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise DataError(f"math500: {path} row {i} is not a JSON object")
         problem = r.get("problem", r.get("question"))
         if not isinstance(problem, str) or "answer" not in r:
             raise DataError(f"math500: {path} row {i} needs 'problem' (or 'question') and 'answer'")
