@@ -82,6 +82,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _at_most(limit: int):
+    def parse(text: str) -> int:
+        value = _positive(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be <= {limit}, got {value}")
+        return value
+
+    return parse
+
+
 def _seed(text: str) -> int:
     value = _nonnegative(text)
     if value >= 2**63:
@@ -138,11 +148,14 @@ def _placement(lm) -> dict[str, str]:
 def cmd_generate(args: argparse.Namespace) -> int:
     from unmask.generate import stream_generate
     from unmask.models.load import load
+    from unmask.outputs import check_plot
     from unmask.recipe import parse
 
     if not args.prompt.strip():
         raise CliError("empty prompt")
     recipe = parse(args.recipe)
+    check_plot(args.plot_conf, "--plot-conf")
+    check_plot(args.plot_rows, "--plot-rows")
     lm = load(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
     events = list(
         stream_generate(
@@ -662,7 +675,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--family", choices=["llada", "dream"], default="llada")
     t.add_argument("--out", default="runs/tiny-llada", help="run directory (default: %(default)s)")
     t.add_argument("--steps", type=_positive, default=20000)
-    t.add_argument("--batch", type=_positive, default=64)
+    t.add_argument(
+        "--batch",
+        type=_at_most(4096),
+        default=64,
+        help="examples per step, at most 4096 (default: %(default)s)",
+    )
     t.add_argument("--lr", type=float, default=1.5e-3)
     t.add_argument("--d-model", type=_positive, default=128)
     t.add_argument("--n-layers", type=_positive, default=4)

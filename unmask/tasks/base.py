@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 SPLITS = ("train", "test")
+# More exemplars than any context holds: a bigger count is a typo, and would cost its size.
+MAX_SHOTS = 64
 
 
 class DataError(ValueError):
@@ -31,8 +33,8 @@ class Task(ABC):
     stop: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, shots: int, gen_len: int, block_len: int) -> None:
-        if shots < 0:
-            raise ValueError(f"shots must be >= 0, got {shots}")
+        if not 0 <= shots <= MAX_SHOTS:
+            raise ValueError(f"shots must be in [0, {MAX_SHOTS}], got {shots}")
         if gen_len <= 0 or block_len <= 0:
             raise ValueError(f"gen_len and block_len must be > 0, got {gen_len}, {block_len}")
         self.shots = shots
