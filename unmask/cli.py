@@ -27,7 +27,8 @@ examples:
 
 EPILOG_EVAL = """\
 tasks:
-  arith, reverse      the synthetic suite (generated; no data file)
+  arith, reverse, wordy   the synthetic suite (generated; no data file); wordy words each
+                      solution at random, so the model cannot reveal it all at once
   gsm8k               --data PATH: the official test.jsonl (or its directory); few-shot
                       exemplars are the first --shots (default 5) of train.jsonl beside it;
                       scored by lm-eval's strict match ("#### N"), flexible extract reported too
@@ -513,7 +514,7 @@ def _task_args(p: argparse.ArgumentParser, default_n: int) -> None:
     p.add_argument(
         "--task",
         default="arith",
-        help="arith, reverse, gsm8k, humaneval or math500 (default: arith)",
+        help="arith, reverse, wordy, gsm8k, humaneval or math500 (default: arith)",
     )
     p.add_argument("--data", metavar="PATH", default=None, help="the benchmark's data file")
     p.add_argument(
