@@ -96,3 +96,33 @@ def test_train_task_mix(capsys):
     ]:
         code, _, err = run(["train", "--tasks", bad, "--steps", "1"], capsys)
         assert code == 2 and message in err and "Traceback" not in err, bad
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--block-len", "8", "--recipe", "fast-dllm"], "conflicts with blocks=fixed:len=32"),
+        (["--block-len", "8", "--recipe", "cadllm"], "--block-len does not apply"),
+        (["--gen-len", "32", "--recipe", "vanilla+gen_len=16"], "conflicts with gen_len=16"),
+    ],
+)
+def test_flags_and_recipe_must_agree(tiny, argv, message, capsys):
+    code, _, err = run(["generate", "--model", str(tiny[0]), *argv, PROMPT], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    # Agreeing values, or a flag the recipe leaves open, are fine.
+    agree = ["--block-len", "32", "--recipe", "fast-dllm", "--gen-len", "16"]
+    assert run(["generate", "--model", str(tiny[0]), *agree, PROMPT], capsys)[0] == 0
+    assert (
+        run(
+            ["generate", "--model", str(tiny[0]), "--block-len", "4", "--gen-len", "8", PROMPT],
+            capsys,
+        )[0]
+        == 0
+    )
+
+
+def test_eval_and_bench_check_gen_len_against_each_recipe(tiny, capsys):
+    for command, flag in (("eval", "--recipe"), ("bench", "--recipes")):
+        argv = [command, "--model", str(tiny[0]), "--gen-len", "8", flag, "vanilla+gen_len=16"]
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "conflicts with gen_len=16" in err

@@ -155,6 +155,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise CliError("empty prompt")
     recipe = parse(args.recipe)
+    _agree(recipe, args.gen_len, args.block_len)
     check_plot(args.plot_conf, "--plot-conf")
     check_plot(args.plot_rows, "--plot-rows")
     lm = load(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
@@ -207,6 +208,31 @@ def _step_plots(lm, events, label: str, conf_path: str | None, rows_path: str | 
         print(f"plot: {rows_path}", file=sys.stderr)
 
 
+def _agree(recipe, gen_len: int | None, block_len: int | None = None) -> None:
+    """A flag and the recipe must not silently disagree: when both set a value they must match
+    (the recipe's comes from its spec or its preset; edit the recipe to change it)."""
+    from unmask.policies.blocks import FixedBlocks
+
+    if gen_len is not None and recipe.gen_len is not None and gen_len != recipe.gen_len:
+        raise CliError(
+            f"--gen-len {gen_len} conflicts with gen_len={recipe.gen_len} in recipe "
+            f"{recipe.name!r}; drop one of them"
+        )
+    if block_len is None:
+        return
+    if not isinstance(recipe.blocks, FixedBlocks):
+        raise CliError(
+            f"--block-len does not apply to recipe {recipe.name!r}: its {recipe.blocks.name} "
+            "schedule chooses the block lengths"
+        )
+    if recipe.blocks.len is not None and recipe.blocks.len != block_len:
+        raise CliError(
+            f"--block-len {block_len} conflicts with blocks=fixed:len={recipe.blocks.len} in "
+            f"recipe {recipe.name!r}; write {recipe.name.split('+')[0]}+blocks=fixed:len="
+            f"{block_len} instead"
+        )
+
+
 def _task(args: argparse.Namespace):
     """The task named by --task, with the knobs the command line gave (and only those)."""
     from unmask.tasks import get_task
@@ -237,6 +263,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from unmask.recipe import parse
 
     recipe = parse(args.recipe)
+    _agree(recipe, args.gen_len)
     task = _task(args)
     task.preflight()
     check_output(args.json, "--jsonl")
@@ -397,11 +424,13 @@ def run_bench(
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from unmask.recipe import split_specs
+    from unmask.recipe import parse, split_specs
 
     specs = split_specs(args.recipes)
     if not specs:
         raise CliError("--recipes is empty")
+    for spec in specs:
+        _agree(parse(spec), args.gen_len)
     result = run_bench(
         args.model,
         _task(args),
@@ -534,7 +563,7 @@ def _task_args(p: argparse.ArgumentParser, default_n: int) -> None:
         "--gen-len",
         type=_positive,
         default=None,
-        help="positions to generate (default: the task's; a recipe's gen_len= wins)",
+        help="positions to generate (default: the task's); a recipe's gen_len= must agree",
     )
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
 
@@ -564,13 +593,14 @@ def parser() -> argparse.ArgumentParser:
         "--gen-len",
         type=_positive,
         default=None,
-        help="positions to generate (default: 64, or the recipe's gen_len)",
+        help="positions to generate (default: 64, or the recipe's gen_len, which must agree)",
     )
     g.add_argument(
         "--block-len",
         type=_positive,
         default=None,
-        help="block length for schedules that take the request's (default: 32)",
+        help="block length of a fixed schedule that leaves it open (vanilla); a recipe that sets "
+        "its own (fast-dllm: 32) must agree (default: 32)",
     )
     g.add_argument("--raw", action="store_true", help="do not apply the chat template")
     g.add_argument("--device", default=None, help=DEVICE_HELP)
