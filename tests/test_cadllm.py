@@ -100,11 +100,11 @@ def test_topv_confidence_is_renormalised_over_the_top_v():
     s = TopV(v_init=2, v_min=1, v_max=1000, adaptive=False)
     s.reset(SimpleNamespace(logit_shift=False, batch=1))
     logits = torch.log(torch.tensor([[[0.5, 0.3, 0.2]]]))
-    ctx = SimpleNamespace(temperature=0.0, generator=torch.Generator())
+    ctx = SimpleNamespace(temperature=0.0, generators=[torch.Generator()])
     cand, conf = s.score(logits, ctx)
     assert cand.item() == 0
     assert conf.item() == pytest.approx(0.5 / 0.8)
-    cand, conf = s.score(logits, SimpleNamespace(temperature=0.0, generator=None))
+    cand, conf = s.score(logits, SimpleNamespace(temperature=0.0, generators=None))
     assert conf.item() >= 0.5  # never below the full-vocabulary probability
 
 

@@ -176,7 +176,7 @@ class Coin(UnmaskRule):
     name: ClassVar[str] = "coin"
 
     def select(self, conf: Tensor, masked: Tensor, ctx) -> Tensor:
-        return torch.rand(masked.shape, generator=ctx.generator) < 0.2
+        return torch.rand(masked.shape, generator=ctx.generators[0]) < 0.2
 
 
 def check_events(events: list[StepEvent], outputs: list[Output], G: int, mask_id: int) -> None:

@@ -4,8 +4,9 @@ about a minute in all.
 
 Invariants: decoding terminates within gen_len forwards; no MASK is left; each position is
 revealed once and keeps its token; the same seed gives the same output at temperature 1; a batch
-decodes as its prompts one by one at temperature 0 (policies that follow a batch-1 reference
-refuse a batch instead, with a clear message).
+decodes as its prompts one by one, at temperature 0 and at temperature 1 with a seed (each row
+draws from its own generator; policies that follow a batch-1 reference refuse a batch instead,
+with a clear message).
 """
 
 from __future__ import annotations
@@ -133,8 +134,14 @@ def test_a_batch_decodes_as_its_prompts_one_by_one(name: str) -> None:
     lm = model(name)
 
     @COMMON
-    @given(spec=recipes(), gen_len=st.integers(4, 24))
-    def check(spec: str, gen_len: int) -> None:
+    @given(
+        spec=recipes(),
+        gen_len=st.integers(4, 24),
+        temperature=st.sampled_from([0, 1]),
+        seed=st.integers(0, 2**31),
+    )
+    def check(spec: str, gen_len: int, temperature: int, seed: int) -> None:
+        spec = f"{spec}+temperature={temperature}+seed={seed}"
         recipe = parse(spec)
         kw = {"gen_len": gen_len, "block_len": 8}
         if batch_one(spec):

@@ -39,7 +39,9 @@ class StepContext:
     mask_id: int
     logit_shift: bool  # Dream: position p is predicted from the output at p-1
     temperature: float
-    generator: torch.Generator
+    # One random stream per row, each seeded from the request's seed, so that a row's draws do
+    # not depend on the rest of its batch (a batch decodes as its prompts one by one).
+    generators: list[torch.Generator]
     step: int = 0
     nfe: int = 0
     block: Block | None = None
@@ -242,7 +244,7 @@ def stream_generate(
         mask_id=a.mask_id,
         logit_shift=a.logit_shift,
         temperature=recipe.temperature,
-        generator=torch.Generator().manual_seed(recipe.seed),
+        generators=[torch.Generator().manual_seed(recipe.seed) for _ in range(B)],
     )
     for p in recipe.policies:
         p.reset(ctx)

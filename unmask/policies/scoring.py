@@ -15,12 +15,18 @@ from torch import Tensor
 from unmask.policies.base import ConfidenceHistory, Policy, one_prompt_only
 
 
-def sample_candidates(logits: Tensor, temperature: float, gen: torch.Generator) -> Tensor:
+def row_rand(shape: tuple[int, ...], gens: list[torch.Generator], dtype=torch.float32) -> Tensor:
+    """Uniform draws of `shape` = [B, ...], row b from its own generator gens[b] (on the CPU, so
+    a seed gives the same draws on every device); for one row the same numbers as one draw."""
+    return torch.stack([torch.rand(shape[1:], generator=g, dtype=dtype) for g in gens])
+
+
+def sample_candidates(logits: Tensor, temperature: float, gens: list[torch.Generator]) -> Tensor:
     """argmax at temperature 0, else Gumbel-max sampling (the LLaDA reference's noise, in
     log space: argmax(l/T + g) = argmax(exp(l) / (-log u)^T))."""
     if temperature <= 0:
         return logits.argmax(-1)
-    u = torch.rand(logits.shape, generator=gen, dtype=torch.float64, device="cpu").to(logits.device)
+    u = row_rand(tuple(logits.shape), gens, torch.float64).to(logits.device)
     gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
     return (logits.double() / temperature + gumbel).argmax(-1)
 
@@ -41,7 +47,7 @@ class MaxProb(Scorer):
     name: ClassVar[str] = "maxprob"
 
     def score(self, logits: Tensor, ctx) -> tuple[Tensor, Tensor]:
-        cand = sample_candidates(logits, ctx.temperature, ctx.generator)  # [B, L]
+        cand = sample_candidates(logits, ctx.temperature, ctx.generators)  # [B, L]
         probs = torch.softmax(logits.double(), dim=-1)  # float64, as the LLaDA reference
         return cand, probs.gather(-1, cand[..., None]).squeeze(-1)
 
@@ -53,8 +59,8 @@ class RandomConf(Scorer):
     name: ClassVar[str] = "random"
 
     def score(self, logits: Tensor, ctx) -> tuple[Tensor, Tensor]:
-        cand = sample_candidates(logits, ctx.temperature, ctx.generator)
-        conf = torch.rand(cand.shape, generator=ctx.generator, device="cpu").to(logits.device)
+        cand = sample_candidates(logits, ctx.temperature, ctx.generators)
+        conf = row_rand(tuple(cand.shape), ctx.generators).to(logits.device)
         return cand, conf
 
 
@@ -129,7 +135,7 @@ class TopV(Scorer):
 
     def score(self, logits: Tensor, ctx) -> tuple[Tensor, Tensor]:
         V = self.vocab_size(ctx)
-        cand = sample_candidates(logits, ctx.temperature, ctx.generator)
+        cand = sample_candidates(logits, ctx.temperature, ctx.generators)
         top, idx = logits.double().topk(min(V, logits.shape[-1]), dim=-1)  # [B, L, V']
         probs = torch.softmax(top, dim=-1)
         hit = idx == cand[..., None]
