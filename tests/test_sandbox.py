@@ -88,10 +88,21 @@ def test_no_process_can_be_started(route: str) -> None:
     blocked(PROCESS_ROUTES[route], REFUSED)
 
 
+HIDDEN = ("/tmp", "/home", "/root", "/run", "/var/tmp", os.path.expanduser("~"))
+
+
 @pytest.fixture
 def visible_dir():
-    """A world-writable directory the sandbox can see (the host's /tmp is hidden from it)."""
-    path = Path(tempfile.mkdtemp(prefix=".victim-", dir=Path(__file__).parent))
+    """A world-writable directory the sandbox can see: not under the directories it hides (its
+    /tmp is private, homes are empty), so the checkout's own folder unless that is hidden too."""
+    for base in (Path(__file__).parent, Path("/var/lib"), Path("/opt"), Path("/srv")):
+        real = str(base.resolve())
+        hidden = any(real == h or real.startswith(h.rstrip("/") + "/") for h in HIDDEN)
+        if not hidden and os.access(base, os.W_OK):
+            break
+    else:
+        pytest.skip("no writable directory outside the ones the sandbox hides")
+    path = Path(tempfile.mkdtemp(prefix=".unmask-victim-", dir=base))
     try:
         yield path
     finally:
@@ -117,12 +128,12 @@ def test_nothing_outside_can_be_written(visible_dir: Path) -> None:
         "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
         "assert libc.mount(b'none', b'/', None, 32 | 4096, None) == 0, 'refused'",  # remount rw
         f"import os\nos.chdir({str(tmp_path)!r})\nopen('new.txt', 'w')",
-        f"open({str(Path.cwd() / 'pwned.txt')!r}, 'w')",
+        f"open({str(tmp_path.parent / 'pwned.txt')!r}, 'w')",
     ]
     for source in attempts:
         blocked(source, READ_ONLY)
     assert victim.read_text() == "keep" and sorted(os.listdir(tmp_path)) == ["victim.txt"]
-    assert not (Path.cwd() / "pwned.txt").exists()
+    assert not (tmp_path.parent / "pwned.txt").exists()
 
 
 def test_no_other_process_can_be_signalled() -> None:
