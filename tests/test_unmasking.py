@@ -61,3 +61,12 @@ def test_factor_rule_ignores_revealed_positions():
     masked = torch.tensor([[False, True, True, True]])
     out = Factor(factor=1.0).select(conf, masked, Ctx([4], 4, 1))
     assert not out[0, 0]
+
+
+def test_factor_thresholds_are_float64_as_the_reference():
+    # Rank 4's bar is 1 - 1/5 = 0.8; float32 rounds it up to 0.80000001, above a confidence of
+    # exactly 0.8 (float64), which the reference's float64 bar lets through.
+    conf = torch.tensor([[0.99, 0.95, 0.9, 0.8, 0.01, 0.005]], dtype=torch.float64)
+    masked = torch.ones_like(conf, dtype=torch.bool)
+    reveal = Factor(factor=1.0, dream_first=False).select(conf, masked, None)
+    assert reveal.tolist() == [[True, True, True, True, False, False]]

@@ -102,7 +102,8 @@ class Factor(UnmaskRule):
             return first_position(masked)
         m = masked.sum(-1)  # [B]
         ranked = conf.masked_fill(~masked, float("-inf")).sort(-1, descending=True).values
-        n = torch.arange(1, conf.shape[-1] + 1, device=conf.device)
+        # float64 thresholds, as the reference's Python floats (float32 rounds 1 - f/(n+1)).
+        n = torch.arange(1, conf.shape[-1] + 1, device=conf.device, dtype=torch.float64)
         bar = 1 - self.factor / (n + 1)
         bar[0] = float("-inf")
         ok = (ranked >= bar) & (n <= m[:, None])
