@@ -233,6 +233,13 @@ def _agree(recipe, gen_len: int | None, block_len: int | None = None) -> None:
         )
 
 
+def _keep_measured(stream, command: str) -> None:
+    """A run failed: leave the old output as it was and say where the records so far are."""
+    kept = stream.abort()
+    if kept is not None:
+        print(f"unmask {command}: the records measured so far are in {kept}", file=sys.stderr)
+
+
 def _task(args: argparse.Namespace):
     """The task named by --task, with the knobs the command line gave (and only those)."""
     from unmask.tasks import get_task
@@ -291,9 +298,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
     except BaseException:
-        kept = stream.abort()
-        if kept is not None:
-            print(f"unmask eval: the records measured so far are in {kept}", file=sys.stderr)
+        _keep_measured(stream, "eval")
         raise
     if not records:
         stream.abort()
@@ -373,9 +378,7 @@ def run_bench(
             on_record=lambda r: stream.write(asdict(r)),
         )
     except BaseException:
-        kept = stream.abort()
-        if kept is not None:
-            print(f"unmask bench: the records measured so far are in {kept}", file=sys.stderr)
+        _keep_measured(stream, "bench")
         raise
     if not rows:
         stream.abort()
