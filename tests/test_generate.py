@@ -23,7 +23,7 @@ from unmask.generate import (
 )
 from unmask.models import load as ckpt
 from unmask.models.layers import ModelArgs
-from unmask.policies.refresh import FullLayeredPlan, RefreshPolicy
+from unmask.policies.refresh import FeatureRefresh, FullLayeredPlan
 from unmask.policies.unmasking import Quota, UnmaskRule
 from unmask.recipe import Recipe, parse
 from unmask.tokenizer import Tokenizer
@@ -34,9 +34,10 @@ PROMPTS = ["12+7=", "reverse: abcdefgh please", "3*4+5="]
 def decode(lm, prompts, recipe: Recipe, gen_len: int, **kw) -> tuple[list[StepEvent], list[Output]]:
     """Run the stream to its end; a step that reveals nothing would loop forever, so cap it."""
     events = []
+    rows = 1 if isinstance(prompts, str) else len(prompts)  # one event per row and step
     for event in stream_generate(lm, prompts, recipe, gen_len=gen_len, **kw):
         events.append(event)
-        assert len(events) <= gen_len, f"no end after {gen_len} steps: a step revealed nothing"
+        assert len(events) <= gen_len * rows, f"no end after {gen_len} steps: one revealed nothing"
         if event.done:
             return events, event.outputs
     raise AssertionError("stream ended without a final event")
@@ -60,11 +61,10 @@ def test_vanilla_matches_reference(tiny_loaded, gen_len, block_len, steps):
 
 
 @dataclass
-class RefreshAll(RefreshPolicy):
+class RefreshAll(FeatureRefresh):
     """Every row of every layer through the per-layer (feature-caching) path, every step."""
 
     name: ClassVar[str] = "refresh-all"
-    features: ClassVar[bool] = True
 
     def plan(self, ctx) -> FullLayeredPlan:
         return FullLayeredPlan()
@@ -110,8 +110,9 @@ class ScriptedModel:
     def parameters(self):
         yield self.weight
 
-    def run(self, canvas, pos, key_mask, plan, cache, out_rows, need=None) -> tuple[Tensor, Tensor]:
+    def run(self, canvas, pos, key_mask, plan, cache, warm=None) -> tuple[Tensor, Tensor]:
         step = len(self.out_rows)
+        out_rows = plan.out_rows
         self.out_rows.append(out_rows.clone())
         B, n = canvas.shape[0], self.args.n_layers
         rows = step + 1 + torch.arange(B)[:, None] * 10 + torch.arange(n)  # [B, n_layers]
@@ -180,28 +181,30 @@ class Coin(UnmaskRule):
 
 
 def check_events(events: list[StepEvent], outputs: list[Output], G: int, mask_id: int) -> None:
-    """Replay the events on an all-MASK canvas; the engine's final ids must be that replay."""
+    """Replay each row's events on an all-MASK canvas; the engine's final ids must be that replay.
+    A row has one event per step while it has masks, numbered by its own steps and forwards."""
     B = len(outputs)
     canvas = torch.full((B, G), mask_id)  # [B, G]
-    nfe = torch.zeros(B, dtype=torch.long)
-    rows = torch.zeros(B, dtype=torch.long)
-    assert len(events) <= G
+    steps = [0] * B
+    rows = [0] * B
     for n, ev in enumerate(events, 1):
-        assert (ev.step, ev.nfe, ev.done) == (n - 1, n, n == len(events))
+        b = ev.batch_index
+        assert (ev.step, ev.nfe, ev.done) == (steps[b], steps[b] + 1, n == len(events))
+        steps[b] += 1
         blk = slice(ev.block.start, ev.block.end)
-        live = (canvas == mask_id).any(-1)  # [B]
-        assert torch.equal(ev.masked, canvas[:, blk] == mask_id)  # nothing re-masked
+        assert torch.equal(ev.masked[0], canvas[b, blk] == mask_id)  # nothing re-masked
+        assert ev.masked.any()  # events only while the row has masks in its block
         assert not (ev.reveal & ~ev.masked).any()  # only masked positions revealed
-        assert (ev.reveal.any(-1) | ~ev.masked.any(-1)).all()  # >= 1 per row with masks left
+        assert ev.reveal.any()  # >= 1 per step
         assert not (ev.cand[ev.reveal] == mask_id).any()
-        canvas[:, blk] = torch.where(ev.reveal, ev.cand, canvas[:, blk])
-        nfe += live
-        rows += live * ev.rows.sum(-1)
+        canvas[b, blk] = torch.where(ev.reveal[0], ev.cand[0], canvas[b, blk])
+        rows[b] += int(ev.rows.sum())
+    assert max(steps) <= G
     ids = torch.tensor([o.ids for o in outputs])
     assert torch.equal(ids, canvas)
     assert not (ids == mask_id).any()
-    assert [o.metrics.nfe for o in outputs] == nfe.tolist()
-    assert [o.metrics.rows for o in outputs] == rows.tolist()
+    assert [o.metrics.nfe for o in outputs] == steps
+    assert [o.metrics.rows for o in outputs] == rows
 
 
 RULES = {"quota": Quota, "never": Never, "everything": Everything, "coin": Coin}
@@ -216,11 +219,12 @@ def test_engine_invariants(real, rule, prompts, temperature):
     recipe = Recipe(rule, unmask=RULES[rule](), temperature=temperature, seed=3)
     events, outputs = decode(lm, prompts, recipe, G, block_len=8)
     check_events(events, outputs, G, lm.args.mask_id)
+    first = [ev for ev in events if ev.batch_index == 0]
     if rule in ("quota", "never"):  # one reveal per step: exactly gen_len steps
-        assert len(events) == G
-        assert all(int(ev.reveal.sum(-1).max()) == 1 for ev in events)
+        assert len(first) == G and len(events) == G * len(outputs)
+        assert all(int(ev.reveal.sum()) == 1 for ev in events)
     if rule == "everything":  # one step per block: 8 + 8 + 4
-        assert [ev.block.length for ev in events] == [8, 8, 4]
+        assert [ev.block.length for ev in first] == [8, 8, 4]
     if isinstance(prompts, str):
         assert outputs[0].metrics.nfe == len(events)
 

@@ -185,14 +185,31 @@ def test_an_interrupted_eval_keeps_its_records(tiny, capsys, monkeypatch, tmp_pa
     assert len(out.read_text().splitlines()) == 3
 
 
-def test_a_failing_eval_leaves_an_old_file_as_it_was(capsys, tmp_path) -> None:
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_a_failing_eval_leaves_an_old_file_as_it_was(capsys, tmp_path, monkeypatch, fail_at):
+    from unmask import bench
+
+    real, calls = bench.generate, []
+
+    def fails(*args, **kw):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise ValueError("the decoder failed on purpose")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(bench, "generate", fails)
     out = tmp_path / "old.jsonl"
     out.write_text('{"kept": true}\n')
-    argv = ["eval", "--model", "tiny-llada", "--recipe", "cadllm", "--batch", "2", "--n", "2"]
+    argv = ["eval", "--model", "tiny-llada", "--recipe", "cadllm", "--n", "2"]
     code, _, err = run([*argv, "--jsonl", str(out)], capsys)
-    one_line_error(code, err, "one prompt at a time")
+    assert code == 2 and "failed on purpose" in err and "Traceback" not in err
     assert out.read_text() == '{"kept": true}\n'
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.jsonl"]  # no temp file left
+    left = sorted(p.name for p in tmp_path.iterdir() if p != out)
+    if fail_at == 1:  # nothing measured: no temp file left
+        assert left == []
+    else:  # the first sample's record is kept beside it, and the error says where
+        assert len(left) == 1 and left[0] in err
+        assert len((tmp_path / left[0]).read_text().splitlines()) == 1
 
 
 # ---- one-line errors for bad inputs ------------------------------------------------------------

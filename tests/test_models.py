@@ -13,10 +13,11 @@ from conftest import make_checkpoint
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from unmask.cache import Cache, LayerProbe
+from unmask.cache import Cache, LayerSignals
 from unmask.models import load as ckpt
 from unmask.models.load import CheckpointError
 from unmask.policies.refresh import FixedPlan, FullLayeredPlan
+from unmask.step import LayerRows, StepPlan
 
 # (family, architecture overrides): MHA and GQA of both families; Dream adds qkv bias.
 CONFIGS = [
@@ -30,18 +31,29 @@ TOL = 1e-5
 
 @dataclass
 class LayerPlan:
-    """A per-layer plan that replays given row masks (None: every row at that layer)."""
+    """A per-layer plan for one row that replays given row masks (None: every row)."""
 
-    masks: list[torch.Tensor | None]
+    masks: list[torch.Tensor | None]  # [1, T] each
 
     def fixed_rows(self) -> None:
         return None
 
-    def rows(self, layer: int, probe: LayerProbe) -> torch.Tensor | None:
-        return self.masks[layer]
+    def layer_rows(self, layer: int, signals: LayerSignals) -> LayerRows:
+        return LayerRows(self.masks[layer])
 
-    def count(self, layer: int) -> None:
-        return None
+
+def run(model, canvas, pos, key_mask, plan, cache, out_rows):
+    """model.run with a batch plan: `plan` is FixedPlan/LayerPlan of batch masks [B, T] (split
+    into one plan per row, as the loop makes them) or FullLayeredPlan; every out row is needed."""
+    B, T = canvas.shape
+    if isinstance(plan, FixedPlan):
+        rows = [FixedPlan(plan.mask[b : b + 1]) for b in range(B)]
+    elif isinstance(plan, LayerPlan):
+        rows = [LayerPlan([m if m is None else m[b : b + 1] for m in plan.masks]) for b in range(B)]
+    else:
+        rows = [plan] * B
+    step = StepPlan(rows, out_rows, row_mask(out_rows, T))
+    return model.run(canvas, pos, key_mask, step, cache)
 
 
 def padded_batch(a, pads: list[int], T: int, seed: int):
@@ -92,14 +104,14 @@ def test_fixed_rows_match_full_forward(model, pads):
     cache = new_cache(a, B, T)
     every = torch.ones(B, T, dtype=torch.bool)
     all_rows = torch.arange(T).expand(B, -1)
-    hidden, counts = model.run(canvas, pos, key_mask, FixedPlan(every), cache, all_rows)
+    hidden, counts = run(model, canvas, pos, key_mask, FixedPlan(every), cache, all_rows)
     assert (model.compute_logits(hidden) - full).abs().max() <= TOL
     assert counts.tolist() == [[T] * a.n_layers] * B
     warm_k, warm_v = cache.k.clone(), cache.v.clone()
     for _ in range(3):
         mask = random_mask(B, T, 0.3, g)
         out_rows = random_rows(B, T, 4, g)
-        hidden, counts = model.run(canvas, pos, key_mask, FixedPlan(mask), cache, out_rows)
+        hidden, counts = run(model, canvas, pos, key_mask, FixedPlan(mask), cache, out_rows)
         want = full.gather(1, out_rows[..., None].expand(-1, -1, full.shape[-1]))
         assert hidden.shape == (B, 4, a.d_model)
         assert (model.compute_logits(hidden) - want).abs().max() <= TOL
@@ -119,12 +131,12 @@ def test_per_layer_rows_match_full_forward(model, pads):
         full = model(canvas, pos, key_mask)
     cache = new_cache(a, B, T)
     all_rows = torch.arange(T).expand(B, -1)
-    hidden, counts = model.run(canvas, pos, key_mask, FullLayeredPlan(), cache, all_rows)
+    hidden, counts = run(model, canvas, pos, key_mask, FullLayeredPlan(), cache, all_rows)
     assert (model.compute_logits(hidden) - full).abs().max() <= TOL
     assert counts.tolist() == [[T] * a.n_layers] * B
     for p in (0.2, 0.5, 0.9):
         masks = [random_mask(B, T, p, g) for _ in range(a.n_layers)]
-        hidden, counts = model.run(canvas, pos, key_mask, LayerPlan(masks), cache, all_rows)
+        hidden, counts = run(model, canvas, pos, key_mask, LayerPlan(masks), cache, all_rows)
         assert (model.compute_logits(hidden) - full).abs().max() <= TOL
         assert counts.tolist() == torch.stack([m.sum(-1) for m in masks], -1).tolist()
     # None (every row) at one layer, an empty set at another, a single row at the rest.
@@ -132,7 +144,7 @@ def test_per_layer_rows_match_full_forward(model, pads):
     one[:, 7] = True
     masks = [None, torch.zeros(B, T, dtype=torch.bool)] + [one] * (a.n_layers - 2)
     out_rows = random_rows(B, T, 5, g)
-    hidden, counts = model.run(canvas, pos, key_mask, LayerPlan(masks), cache, out_rows)
+    hidden, counts = run(model, canvas, pos, key_mask, LayerPlan(masks), cache, out_rows)
     want = full.gather(1, out_rows[..., None].expand(-1, -1, full.shape[-1]))
     assert (model.compute_logits(hidden) - want).abs().max() <= TOL
     assert counts.tolist() == [[T, 0] + [1] * (a.n_layers - 2)] * B

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from unmask.cache import LayerProbe
 from unmask.generate import generate, stream_generate
 from unmask.policies.refresh import DCU, DLLMCache, water_fill, window_mask
 from unmask.recipe import parse
@@ -157,9 +156,22 @@ def test_dream_dual_cache_recomputes_only_the_block(ckpt_root):
     )  # Dream's block-start rule
 
 
-def test_cadllm_refuses_a_batch(tiny_loaded):
-    with pytest.raises(ValueError, match="one prompt at a time"):
-        generate(tiny_loaded, [PROMPT, PROMPT], parse("cadllm"), gen_len=16)
+def test_cadllm_rows_keep_their_own_blocks_in_a_batch(tiny_loaded):
+    """Each row has its own confidence history, so its own block sizes: a batch of different
+    prompts decodes as each prompt alone, blocks, NFE and cells included."""
+    prompts = [PROMPT, "Question: Ann has 12 cards. She gives away 5. How many?\nAnswer:"]
+    for spec in ("cadllm", "cadllm+temperature=1+seed=5"):
+        recipe = parse(spec)
+        events = list(stream_generate(tiny_loaded, prompts, recipe, gen_len=40))
+        together = events[-1].outputs
+        for b, prompt in enumerate(prompts):
+            alone = list(stream_generate(tiny_loaded, prompt, recipe, gen_len=40))
+            mine = [ev for ev in events if ev.batch_index == b]
+            assert [ev.block for ev in mine] == [ev.block for ev in alone]
+            out = alone[-1].outputs[0]
+            assert together[b].ids == out.ids
+            assert together[b].metrics.nfe == out.metrics.nfe
+            assert together[b].metrics.rows == out.metrics.rows
 
 
 def test_dcu_default_sizes_follow_the_paper() -> None:
@@ -284,16 +296,18 @@ def test_plan_counts_match_their_masks(tiny_loaded, spec, monkeypatch):
         return real(mask, n)
 
     monkeypatch.setattr(layers, "mask_to_rows", checking)
-    real_kv_rows = LayerProbe.kv_rows
+    from unmask.policies.refresh import DCUPlan, DLLMCachePlan
 
-    def checking_kv_rows(probe, rows, normed, rope):
-        if probe.gen_only is not None:  # the plan's word that no prompt row is recomputed
-            P = probe.x.shape[1] - G
-            assert probe.gen_only == bool((rows >= P).all())
-            checked.append(probe.gen_only)
-        return real_kv_rows(probe, rows, normed, rope)
+    for cls in (DCUPlan, DLLMCachePlan):
 
-    monkeypatch.setattr(LayerProbe, "kv_rows", checking_kv_rows)
+        def checking_rows(plan, layer, signals, real_rows=cls.layer_rows):
+            got = real_rows(plan, layer, signals)
+            if got.mask is not None and got.gen_only is not None:  # the plan's word on prompt rows
+                assert got.gen_only == (not got.mask[:, : plan.ctx.gen_start].any())
+                checked.append(got.gen_only)
+            return got
+
+        monkeypatch.setattr(cls, "layer_rows", checking_rows)
     prompts = [PROMPT, "Question: Ann has 12 cards. She gives away 5. How many?\nAnswer:"]
     generate(tiny_loaded, prompts, parse(spec), gen_len=G, block_len=8)
     assert any(isinstance(c, int) and not isinstance(c, bool) for c in checked)

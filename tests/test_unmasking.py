@@ -11,7 +11,6 @@ class Ctx:
     def __init__(self, n0, steps, i):
         from unmask.policies.blocks import Block
 
-        self.block_masked_at_start = torch.tensor(n0)
         self.block = Block(0, 8, steps)
         self.step_in_block = i
         self.logit_shift = False
@@ -28,9 +27,14 @@ def test_quota_spreads_masks_like_llada():
     # 5 masks over 3 steps: 2, 2, 1 (the first n mod S steps take one extra).
     conf = torch.tensor([[0.1, 0.5, 0.3, 0.9, 0.2]])
     masked = torch.ones(1, 5, dtype=torch.bool)
-    got = [Quota().select(conf, masked, Ctx([5], 3, i)).sum().item() for i in range(2)]
-    assert got == [2, 2]
-    last = Quota().select(conf, masked, Ctx([5], 3, 2))
+    quota, got = Quota(), []
+    for i in range(3):
+        out = quota.select(conf, masked, Ctx([5], 3, i))
+        got.append(int(out.sum()))
+        masked = masked & ~out
+    assert got == [2, 2, 1] and not masked.any()
+    quota.select(conf, torch.ones(1, 5, dtype=torch.bool), Ctx([5], 3, 0))  # the block opens
+    last = quota.select(conf, torch.ones(1, 5, dtype=torch.bool), Ctx([5], 3, 2))
     assert last.sum().item() == 5  # the budget is spent: whatever is left goes
 
 

@@ -1,19 +1,20 @@
-"""The full-canvas cache (K/V per layer, plus optional feature buffers) and the RowPlan protocol.
+"""The cache side of a step: the full-canvas buffers, one handle per layer, and the signals a
+per-layer plan may read about a layer's input before choosing its rows.
 
-A RefreshPolicy turns its state into a RowPlan each step; the model asks the plan, layer by layer,
-which rows to recompute. Which rows to pick is policy business and lives in policies/refresh.py.
+Which rows to pick is policy business (policies/refresh.py); the runner (models/layers.py)
+asks each row's plan at each layer and writes through the layer's handle.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from unmask.models.layers import Block
+    from unmask.models.layers import Layer
 
 
 class Cache:
@@ -39,7 +40,8 @@ class Cache:
         self.attn: Tensor | None = None
         self.mlp: Tensor | None = None
         self.shape_features = (n_layers, B, T, d_model)
-        self.warm = False  # every row of every layer has been written at least once
+        self.layers = [LayerCache(self, i) for i in range(n_layers)]
+        self.rope: tuple[Tensor, Tensor] | None = None  # the request's RoPE tables [B, T, Dh]
         # (position x layer) cells whose V alone was projected (the V-proxy policies' similarity
         # signal and fresh-V refresh) on top of the recomputed rows, per sample, since last read.
         # Kept on the device (no sync per layer); the loop reads it once per step.
@@ -50,112 +52,109 @@ class Cache:
         out, self.v_only = self.v_only, torch.zeros_like(self.v_only)
         return out
 
-    def write_kv(self, layer: int, rows: Tensor, k: Tensor, v: Tensor) -> None:
-        """k, v [B, Hkv, N, Dh] for canvas rows [B, N]."""
-        idx = rows[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-        self.k[layer].scatter_(2, idx, k)
-        self.v[layer].scatter_(2, idx, v)
-
-    def write_features(self, layer: int, rows: Tensor | None, attn: Tensor, mlp: Tensor) -> None:
-        """attn, mlp [B, N, D] for rows [B, N] (None: every row)."""
+    def features(self) -> tuple[Tensor, Tensor]:
         if self.attn is None:
-            self.attn = torch.zeros(self.shape_features, dtype=attn.dtype, device=attn.device)
+            self.attn = torch.zeros(self.shape_features, dtype=self.k.dtype, device=self.k.device)
             self.mlp = torch.zeros_like(self.attn)
+        return self.attn, self.mlp
+
+
+class LayerCache:
+    """One layer's slice of the cache: K/V of every canvas row, and the feature buffers."""
+
+    def __init__(self, cache: Cache, layer: int):
+        self.cache = cache
+        self.layer = layer
+
+    @property
+    def k(self) -> Tensor:
+        return self.cache.k[self.layer]  # [B, Hkv, T, Dh]
+
+    @property
+    def v(self) -> Tensor:
+        return self.cache.v[self.layer]
+
+    def update(self, rows: Tensor | slice | None, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v [B, Hkv, N, Dh] of canvas rows [B, N] (a slice: the same span in every row;
+        None: every row, in order); returns the layer's full K, V to attend to."""
+        K, V = self.k, self.v
         if rows is None:
-            self.attn[layer].copy_(attn)
-            self.mlp[layer].copy_(mlp)
+            K.copy_(k)
+            V.copy_(v)
+        elif isinstance(rows, slice):
+            K[:, :, rows] = k
+            V[:, :, rows] = v
+        else:
+            idx = rows[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            K.scatter_(2, idx, k)
+            V.scatter_(2, idx, v)
+        return K, V
+
+    def write_features(self, rows: Tensor | None, attn: Tensor, mlp: Tensor) -> None:
+        """attn, mlp [B, N, D] for rows [B, N] (None: every row)."""
+        A, M = (f[self.layer] for f in self.cache.features())
+        if rows is None:
+            A.copy_(attn)
+            M.copy_(mlp)
             return
         idx = rows[:, :, None].expand(-1, -1, attn.shape[-1])
-        self.attn[layer].scatter_(1, idx, attn)
-        self.mlp[layer].scatter_(1, idx, mlp)
+        A.scatter_(1, idx, attn)
+        M.scatter_(1, idx, mlp)
+
+    def contributions(self) -> tuple[Tensor, Tensor]:
+        A, M = self.cache.features()
+        return A[self.layer], M[self.layer]  # [B, T, D] each
 
 
-class LayerProbe:
-    """What a plan may see before choosing a layer's rows: the layer input and lazily derived
-    views of it (normalised input, V of every row), reused by the layer once computed."""
+class LayerInput:
+    """A layer's input for the whole batch and what is derived from it lazily: the normalised
+    input, and V of the generated rows (projected once, shared by the signals, the fresh-V
+    refresh and the recomputed rows)."""
 
-    def __init__(
-        self, layer: int, x: Tensor, block: Block, rope: tuple[Tensor, Tensor], cache: Cache
-    ):
-        self.layer = layer
+    def __init__(self, x: Tensor, layer: Layer, handle: LayerCache, gen_start: int):
         self.x = x  # [B, T, D] residual stream entering the layer
-        self.block = block
-        self.rope = rope
-        self.cache = cache
-        self._values: Tensor | None = None
-        self._gen_values: Tensor | None = None
-        # First canvas row whose V the layer overwrites with fresh gen_values() even where it
-        # does not recompute the row (both released codes refresh V of every generated row).
-        self.refresh_v_from: int | None = None
-        self.cold = False  # the cache is empty: a signal measured against it means nothing
-        # Set by a plan that knows its rows hold no prompt row (True) or may (False); None: the
-        # layer reads the rows to find out (a device-to-host sync).
-        self.gen_only: bool | None = None
-        self._v_reused = False  # kv_rows took the recomputed rows' V from gen_values()
+        self.layer = layer
+        self.handle = handle
+        self.P = gen_start
+        self.gen_v: Tensor | None = None  # [B, Hkv, G, Dh] once projected
 
     @cached_property
     def normed(self) -> Tensor:
-        return self.block.attn_norm(self.x)  # [B, T, D]
+        return self.layer.attn_norm(self.x)  # [B, T, D]
 
-    def values(self) -> Tensor:
-        """V of every row [B, Hkv, T, Dh] (a full layer's)."""
-        if self._values is None:
-            self._values = self.block.values(self.normed)
-        return self._values
+    def gen_values(self) -> Tensor:
+        if self.gen_v is None:
+            self.gen_v = self.layer.values(self.normed[:, self.P :])
+        return self.gen_v
 
-    def gen_values(self, P: int) -> Tensor:
-        """V of the generated rows P.. only [B, Hkv, T - P, Dh]: the V-proxy policies' signal
-        and the fresh V they write back; prompt rows are never projected for it."""
-        if self._gen_values is None:
-            self._gen_values = self.block.values(self.normed[:, P:])
-        return self._gen_values
-
-    def v_only_rows(self, mask: Tensor | None) -> Tensor | int:
-        """Generated rows whose V this layer projected although it does not recompute them (per
-        sample [B], or 0), given the layer's row mask [B, T] (None: every row recomputed)."""
-        if self._gen_values is None:
-            return 0
-        G = self._gen_values.shape[2]
-        if mask is None or not self._v_reused:
-            return G  # the recomputed rows projected their V again: all of them were extra
-        return G - mask[:, self.x.shape[1] - G :].sum(-1)
-
-    def kv(self) -> tuple[Tensor, Tensor]:
-        return self.block.keys(self.normed, self.rope), self.values()
-
-    def kv_rows(
-        self, rows: Tensor, normed: Tensor, rope: tuple[Tensor, Tensor]
-    ) -> tuple[Tensor, Tensor]:
-        """K and V of the recomputed rows [B, N]; V is taken from gen_values() when it holds them
-        all (no prompt row among them), so no row's V is projected twice."""
-        k = self.block.keys(normed, rope)
-        if self._gen_values is not None:
-            P = self.x.shape[1] - self._gen_values.shape[2]
-            gen_only = self.gen_only
-            if gen_only is None:
-                gen_only = bool((rows >= P).all())
-            if gen_only:
-                idx = (rows - P)[:, None, :, None].expand(
-                    -1, self._gen_values.shape[1], -1, self._gen_values.shape[3]
-                )
-                self._v_reused = True
-                return k, self._gen_values.gather(2, idx)
-        return k, self.block.values(normed)
+    def signals(self, b: int, warm: bool) -> LayerSignals:
+        return LayerSignals(self, b, warm)
 
 
-class RowPlan(Protocol):
-    """Which canvas rows each layer recomputes at this step."""
+class LayerSignals:
+    """What one row's plan may read about a layer's input before choosing its rows."""
 
-    def fixed_rows(self) -> Tensor | None:
-        """[B, N] if every layer recomputes the same rows (the forward then carries only those);
-        None if rows differ per layer, in which case `rows` is asked at every layer."""
-        ...
+    def __init__(self, inp: LayerInput, b: int, warm: bool):
+        self._inp = inp
+        self._b = b
+        self.layer = inp.handle.layer
+        self.warm = warm  # this row's cache holds an earlier step (False on its cold start)
 
-    def rows(self, layer: int, probe: LayerProbe) -> Tensor | None:
-        """[B, T] row mask for this layer, or None for every row."""
-        ...
+    def gen_input(self) -> Tensor:
+        """[1, G, D] the normalised layer input of the generated rows (Dynamic-dLLM's x proxy)."""
+        b = self._b
+        return self._inp.normed[b : b + 1, self._inp.P :]
 
-    def count(self, layer: int) -> int | None:
-        """The largest number of rows `rows` selects for one sample at this layer, when the plan
-        knows it without reading the mask (it then need not be synced to the host); else None."""
-        ...
+    def v_moved(self) -> Tensor:
+        """[1, G] 1 - cos(fresh V, cached V) of every generated row, heads concatenated (the V
+        proxy of dLLM-Cache and Dynamic-dLLM's released code)."""
+        b, P = self._b, self._inp.P
+        fresh = _flat_heads(self._inp.gen_values()[b : b + 1])
+        cached = _flat_heads(self._inp.handle.v[b : b + 1, :, P:])
+        return 1 - torch.cosine_similarity(fresh, cached, dim=-1)
+
+
+def _flat_heads(v: Tensor) -> Tensor:
+    """[B, H, N, Dh] -> [B, N, H * Dh]: one vector per row, all heads concatenated."""
+    B, H, N, Dh = v.shape
+    return v.transpose(1, 2).reshape(B, N, H * Dh)

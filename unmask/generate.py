@@ -18,49 +18,13 @@ from torch import Tensor
 from unmask.cache import Cache
 from unmask.models.load import Loaded
 from unmask.policies.blocks import Block
-from unmask.policies.refresh import ColdStart, FixedPlan
+from unmask.policies.refresh import FixedPlan
 from unmask.policies.unmasking import top_k_mask
 from unmask.recipe import Recipe
+from unmask.step import RowState, RowView, StepPlan
 
 DEFAULT_GEN_LEN = 64
 DEFAULT_BLOCK_LEN = 32
-
-
-@dataclass
-class StepContext:
-    """What policies see of a request before each step (shared, read-only to them)."""
-
-    canvas: Tensor  # [B, T] token ids; the generated region starts at gen_start
-    gen_start: int
-    gen_len: int
-    block_len: int  # the request's default block length
-    prompt_lens: Tensor  # [B]
-    n_layers: int
-    mask_id: int
-    logit_shift: bool  # Dream: position p is predicted from the output at p-1
-    temperature: float
-    # One random stream per row, each seeded from the request's seed, so that a row's draws do
-    # not depend on the rest of its batch (a batch decodes as its prompts one by one).
-    generators: list[torch.Generator]
-    step: int = 0
-    nfe: int = 0
-    block: Block | None = None
-    step_in_block: int = 0
-    block_masked_at_start: Tensor | None = None  # [B] masked positions when the block began
-    logits: Tensor | None = None  # [B, L, V] this step's logits of the block's positions
-    gen_logits: Tensor | None = None  # [B, G, V] of every generated position, computed only when
-    # a policy sets `gen_logits = True`
-
-    @property
-    def batch(self) -> int:
-        return self.canvas.shape[0]
-
-    @property
-    def masked(self) -> Tensor:
-        return self.canvas == self.mask_id  # [B, T]
-
-    def cols(self, block: Block) -> slice:
-        return slice(self.gen_start + block.start, self.gen_start + block.end)
 
 
 @dataclass
@@ -123,39 +87,43 @@ class Output:
 
 @dataclass
 class StepEvent:
-    """One denoising step, as every consumer (CLI, server, bench, plots) sees it."""
+    """One row's denoising step, as every consumer (CLI, server, bench, plots) sees it. A batch
+    yields one event per row still decoding at each step, in row order; each row has its own
+    block, counters and policy state, so its events are those it would have alone."""
 
-    step: int
+    step: int  # this row's steps before this one
+    batch_index: int  # the row's place in its batch
     block: Block
     step_in_block: int
-    masked: Tensor  # [B, L] block positions still masked before this step
-    reveal: Tensor  # [B, L] revealed at this step
-    cand: Tensor  # [B, L] candidate ids
-    conf: Tensor  # [B, L] confidence of the candidates
-    nfe: int  # forward passes so far in this request
-    rows: Tensor  # [B, n_layers] cells recomputed at this step
+    masked: Tensor  # [1, L] block positions still masked before this step
+    reveal: Tensor  # [1, L] revealed at this step
+    cand: Tensor  # [1, L] candidate ids
+    conf: Tensor  # [1, L] confidence of the candidates
+    nfe: int  # forward passes so far in this row
+    rows: Tensor  # [1, n_layers] cells recomputed at this step
     elapsed_s: float
     info: dict[str, Any] = field(default_factory=dict)  # values policies chose (B_t, tau_t, ...)
-    outputs: list[Output] | None = None  # set on the last event
+    outputs: list[Output] | None = None  # set on the request's last event
 
     @property
     def done(self) -> bool:
         return self.outputs is not None
 
-    def summary(self, b: int = 0) -> dict[str, Any]:
-        """Row `b` of this step as plain JSON values: where the block is, what was revealed with
-        what confidence, the cells each layer recomputed, and the values policies chose."""
-        reveal = self.reveal[b]
+    def summary(self) -> dict[str, Any]:
+        """This step as plain JSON values: where the block is, what was revealed with what
+        confidence, the cells each layer recomputed, and the values policies chose."""
+        reveal = self.reveal[0]
         offs = torch.arange(self.block.start, self.block.end, device=reveal.device)
         return {
             "step": self.step,
+            "row": self.batch_index,
             "block": [self.block.start, self.block.end],
             "step_in_block": self.step_in_block,
             "nfe": self.nfe,
-            "masked": int(self.masked[b].sum()),
+            "masked": int(self.masked[0].sum()),
             "revealed": offs[reveal].tolist(),
-            "revealed_conf": [round(float(c), 4) for c in self.conf[b][reveal].float()],
-            "rows": self.rows[b].tolist(),
+            "revealed_conf": [round(float(c), 4) for c in self.conf[0][reveal].float()],
+            "rows": self.rows[0].tolist(),
             "elapsed_s": round(self.elapsed_s, 6),
             "info": {k: _plain(v) for k, v in self.info.items()},
         }
@@ -185,6 +153,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass(eq=False)
+class _Row:
+    """One row of a batch: its state, its policies' view of it, its own policy instances."""
+
+    state: RowState
+    view: RowView
+    recipe: Recipe
+    warm: bool = False  # its cache holds an earlier step
+    cells: int = 0  # (position x layer) cells recomputed
+    v_only: int = 0
+
+    @property
+    def wants_gen_logits(self) -> bool:
+        return any(p.wants_gen_logits for p in self.recipe.policies)
+
+    def open_block(self) -> Block:
+        """The row's current block, opening the next one with masks in it once it has none."""
+        s = self.state
+        while s.block is None or not bool(self.view.masked[:, self.view.cols(s.block)].any()):
+            start = 0 if s.block is None else s.block.end
+            if start >= s.gen_len:
+                raise RuntimeError("masks left behind the last block: a policy wrote outside it")
+            s.block = self.recipe.blocks.next_block(start, self.view)
+            s.step_in_block = 0
+        return s.block
+
+
 @torch.no_grad()
 def stream_generate(
     lm: Loaded,
@@ -196,10 +191,11 @@ def stream_generate(
     chat: bool = True,
     stop: list[str] | None = None,
 ) -> Iterator[StepEvent]:
-    """Decode `prompts` (one batch, left-padded so the generated regions align)."""
+    """Decode `prompts` as one batch (left-padded so the generated regions align). Every row
+    runs its own copy of the recipe's policies and its own random stream, seeded alike, so a
+    prompt decodes the same alone or in any batch; the rows share each forward."""
     model, a = lm.model, lm.args
     device = next(model.parameters()).device
-    recipe = recipe.fresh()
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     G = next(n for n in (recipe.gen_len, gen_len, DEFAULT_GEN_LEN) if n is not None)
     if G <= 0:
@@ -234,107 +230,121 @@ def stream_generate(
         next(model.parameters()).dtype,
         device,
     )
-    ctx = StepContext(
-        canvas=canvas,
-        gen_start=P,
-        gen_len=G,
-        block_len=L,
-        prompt_lens=lens,
-        n_layers=a.n_layers,
-        mask_id=a.mask_id,
-        logit_shift=a.logit_shift,
-        temperature=recipe.temperature,
-        generators=[torch.Generator().manual_seed(recipe.seed) for _ in range(B)],
-    )
-    for p in recipe.policies:
-        p.reset(ctx)
-    nfe = torch.zeros(B, dtype=torch.long)
-    rows = torch.zeros(B, dtype=torch.long)
-    v_only = torch.zeros(B, dtype=torch.long)
+    rows: list[_Row] = []
+    for b in range(B):
+        state = RowState(
+            canvas=canvas[b : b + 1],
+            gen_start=P,
+            gen_len=G,
+            block_len=L,
+            n_layers=a.n_layers,
+            mask_id=a.mask_id,
+            logit_shift=a.logit_shift,
+            temperature=recipe.temperature,
+            generator=torch.Generator().manual_seed(recipe.seed),
+        )
+        row = _Row(state, RowView(state), recipe.fresh())
+        for p in row.recipe.policies:
+            p.reset(row.view)
+        rows.append(row)
     shift = 1 if a.logit_shift else 0
     stop_ids = torch.tensor(lm.stop_ids, device=device)
-    wants_gen_logits = any(getattr(p, "gen_logits", False) for p in recipe.policies)
+    idle = FixedPlan(torch.zeros_like(canvas[:1], dtype=torch.bool), gen_only=True)  # finished
 
     while True:
-        alive = ctx.masked[:, P:].any(-1).cpu()  # [B] rows still decoding
-        # 1) block: open the next one with masks in it once the current one has none left
-        while ctx.block is None or not bool(ctx.masked[:, ctx.cols(ctx.block)].any()):
-            start = 0 if ctx.block is None else ctx.block.end
-            if start >= G:
-                raise RuntimeError("masks left behind the last block: a policy wrote outside it")
-            ctx.block = recipe.blocks.next_block(start, ctx)
-            ctx.step_in_block = 0
-            ctx.block_masked_at_start = ctx.masked[:, ctx.cols(ctx.block)].sum(-1)
-        block = ctx.block
-        cols = ctx.cols(block)
-        # 2) plan: a cold cache is filled by a full pass whatever the policy
-        if cache.warm:
-            plan = recipe.refresh.plan(ctx)
-        elif recipe.refresh.features:
-            plan = ColdStart(recipe.refresh.plan(ctx))
-        else:
-            plan = FixedPlan(torch.ones_like(canvas, dtype=torch.bool))
+        alive = (canvas[:, P:] == a.mask_id).any(-1).tolist()  # [B] rows still decoding
+        # 1) block and 2) plan, per row: a cold cache is filled by a full pass whatever the policy
+        plans, spans = [], []
+        need = torch.zeros_like(canvas, dtype=torch.bool)  # [B, T] decision rows kept fresh
+        for b, row in enumerate(rows):
+            if not alive[b]:
+                plans.append(idle)
+                spans.append((P, P + 1))
+                continue
+            cols = row.view.cols(row.open_block())
+            refresh = row.recipe.refresh
+            plans.append(refresh.plan(row.view) if row.warm else refresh.cold_plan(row.view))
+            # Only still-masked positions need fresh decisions; a cache policy's stale rows stay
+            # so, unless a policy reads every generated position's logits (APD's thresholds).
+            if row.wants_gen_logits:
+                spans.append((P, P + G))
+                need[b, P - shift : P + G - shift] = True
+            else:
+                spans.append((cols.start, cols.stop))
+                need[b, cols.start - shift : cols.stop - shift] = canvas[b, cols] == a.mask_id
         # 3) forward: hidden states of the decision rows only (Dream reads position p at p-1)
-        # (a policy may ask for every generated position's logits, e.g. APD's thresholds)
-        lo, hi = (P, P + G) if wants_gen_logits else (cols.start, cols.stop)
-        out_rows = torch.arange(lo - shift, hi - shift, device=device).expand(B, -1)
-        # Only still-masked positions need fresh decisions; a cache policy's stale rows stay so.
-        need = torch.zeros_like(canvas, dtype=torch.bool)
-        if wants_gen_logits:  # e.g. APD moves every position's threshold from real logits
-            need[:, lo - shift : hi - shift] = True
-        else:
-            need[:, cols.start - shift : cols.stop - shift] = canvas[:, cols] == a.mask_id
-        hidden, step_rows = model.run(canvas, pos, key_mask, plan, cache, out_rows, need)
-        cache.warm = True
-        ctx.nfe += 1
-        logits = model.compute_logits(hidden)  # [B, hi - lo, V]
-        logits[..., a.mask_id] = float("-inf")  # MASK is never a candidate: reveals are final
-        if wants_gen_logits:
-            ctx.gen_logits = logits  # [B, G, V]
-            logits = logits[:, cols.start - P : cols.stop - P]
-        ctx.logits = logits  # [B, L, V]
-        # 4) score
-        cand, conf = recipe.scorer.score(logits, ctx)  # [B, L]
-        # 5) unmask: the rule proposes, the engine enforces masked-only and >= 1 per live row
-        masked_blk = canvas[:, cols] == a.mask_id  # [B, L]
-        reveal = recipe.unmask.select(conf, masked_blk, ctx) & masked_blk
-        starved = masked_blk.any(-1) & ~reveal.any(-1)
-        if bool(starved.any()):
-            reveal |= top_k_mask(conf, masked_blk, starved.long())
-        canvas[:, cols] = torch.where(reveal, cand, canvas[:, cols])
-        if recipe.eos_exit:
-            eos_exit(canvas[:, P:], stop_ids, a.mask_id, a.eos_id)
-        nfe += alive.long()
-        rows += alive.long() * step_rows.sum(-1).cpu()
-        v_only += alive.long() * cache.take_v_only().cpu()  # one read per step
-        # 6) observe
-        finished = not bool(ctx.masked[:, P:].any())
-        event = StepEvent(
-            step=ctx.step,
-            block=block,
-            step_in_block=ctx.step_in_block,
-            masked=masked_blk,
-            reveal=reveal,
-            cand=cand,
-            conf=conf,
-            nfe=ctx.nfe,
-            rows=step_rows,
-            elapsed_s=time.perf_counter() - t0,
+        M = max(hi - lo for lo, hi in spans)
+        out_rows = torch.stack(
+            [torch.arange(lo, lo + M, device=device).clamp(max=hi - 1) - shift for lo, hi in spans]
+        )  # [B, M], a short row repeats its last decision row
+        plan = StepPlan(plans, out_rows, need, key_mask, P)
+        hidden, step_rows = model.run(
+            canvas, pos, key_mask, plan, cache, warm=[r.warm for r in rows]
         )
-        for p in recipe.policies:
-            p.observe(event)
-            event.info.update(getattr(p, "info", {}))
+        logits = model.compute_logits(hidden)  # [B, M, V]
+        logits[..., a.mask_id] = float("-inf")  # MASK is never a candidate: reveals are final
+        step_cells = step_rows.cpu()  # [B, n_layers]
+        v_only = cache.take_v_only().cpu()  # one read per step
+        done: list[tuple[int, Tensor, Tensor, Tensor, Tensor]] = []
+        for b, row in enumerate(rows):
+            if not alive[b]:
+                continue
+            s, block = row.state, row.state.block
+            cols = row.view.cols(block)
+            row.warm = True
+            s.nfe += 1
+            row.cells += int(step_cells[b].sum())
+            row.v_only += int(v_only[b])
+            lo, hi = spans[b]
+            lg = logits[b : b + 1, : hi - lo]
+            if row.wants_gen_logits:
+                s.gen_logits = lg  # [1, G, V]
+                lg = lg[:, cols.start - P : cols.stop - P]
+            s.logits = lg  # [1, L, V]
+            # 4) score
+            cand, conf = row.recipe.scorer.score(lg, row.view)  # [1, L]
+            # 5) unmask: the rule proposes, the engine enforces masked-only and >= 1 per row
+            masked_blk = canvas[b : b + 1, cols] == a.mask_id  # [1, L]
+            reveal = row.recipe.unmask.select(conf, masked_blk, row.view) & masked_blk
+            if not bool(reveal.any()):
+                reveal = top_k_mask(conf, masked_blk, torch.ones(1, dtype=torch.long))
+            canvas[b : b + 1, cols] = torch.where(reveal, cand, canvas[b : b + 1, cols])
+            if row.recipe.eos_exit:
+                eos_exit(canvas[b : b + 1, P:], stop_ids, a.mask_id, a.eos_id)
+            done.append((b, masked_blk, reveal, cand, conf))
+        # 6) observe: each row's policies see that row's event
+        finished = not bool((canvas[:, P:] == a.mask_id).any())
+        events = []
+        for b, masked_blk, reveal, cand, conf in done:
+            row = rows[b]
+            s = row.state
+            event = StepEvent(
+                step=s.step,
+                batch_index=b,
+                block=s.block,
+                step_in_block=s.step_in_block,
+                masked=masked_blk,
+                reveal=reveal,
+                cand=cand,
+                conf=conf,
+                nfe=s.nfe,
+                rows=step_rows[b : b + 1],
+                elapsed_s=time.perf_counter() - t0,
+            )
+            for p in row.recipe.policies:
+                p.observe(event)
+                event.info.update(p.info)
+            events.append(event)
         if finished:
             _sync(device)
             wall = time.perf_counter() - t0
-            event.outputs = _outputs(
-                lm, canvas[:, P:].tolist(), lens, nfe, rows, v_only, wall, stop
-            )
-        yield event
+            events[-1].outputs = _outputs(lm, canvas[:, P:].tolist(), lens, rows, wall, stop)
+        yield from events
         if finished:
             return
-        ctx.step += 1
-        ctx.step_in_block += 1
+        for b, *_ in done:
+            rows[b].state.step += 1
+            rows[b].state.step_in_block += 1
 
 
 def eos_exit(gen: Tensor, stop_ids: Tensor, mask_id: int, eos_id: int) -> Tensor:
@@ -361,7 +371,7 @@ def v_cost(a) -> float:
     return v / row
 
 
-def _outputs(lm, gen_ids, lens, nfe, rows, v_only, wall, stop) -> list[Output]:
+def _outputs(lm, gen_ids, lens, rows: list[_Row], wall, stop) -> list[Output]:
     outs = []
     stops = set(lm.stop_ids)
     for b, ids in enumerate(gen_ids):
@@ -371,14 +381,14 @@ def _outputs(lm, gen_ids, lens, nfe, rows, v_only, wall, stop) -> list[Output]:
         for s in stop or ():
             text = text.split(s, 1)[0]
         m = Metrics(
-            nfe=int(nfe[b]),
-            rows=int(rows[b]),
+            nfe=rows[b].state.nfe,
+            rows=rows[b].cells,
             n_layers=lm.args.n_layers,
             prompt_tokens=int(lens[b]),
             answer_tokens=len(answer),
             all_tokens=len(ids),
             wall_s=wall,
-            v_only_rows=int(v_only[b]),
+            v_only_rows=rows[b].v_only,
             v_cost=v_cost(lm.args),
         )
         outs.append(Output(text=text.strip(), ids=ids, metrics=m))

@@ -105,6 +105,7 @@ def step_tables(events: list[StepEvent], b: int = 0) -> StepTables:
     if not events or not events[-1].done:
         raise ValueError("step plots need every event of a finished request")
     out = events[-1].outputs[b]
+    events = [e for e in events if e.batch_index == b]
     G, S = len(out.ids), len(events)
     conf = np.full((G, S), np.nan)
     revealed_at = np.full(G, -1)
@@ -112,11 +113,11 @@ def step_tables(events: list[StepEvent], b: int = 0) -> StepTables:
     block_starts = []
     for s, e in enumerate(events):
         lo, hi = e.block.start, e.block.end
-        masked = e.masked[b].cpu().numpy()
-        values = e.conf[b].float().cpu().numpy()
+        masked = e.masked[0].cpu().numpy()
+        values = e.conf[0].float().cpu().numpy()
         conf[lo:hi, s] = np.where(masked, values, np.nan)
-        revealed_at[lo:hi][e.reveal[b].cpu().numpy()] = s
-        rows[:, s] = e.rows[b].cpu().numpy()
+        revealed_at[lo:hi][e.reveal[0].cpu().numpy()] = s
+        rows[:, s] = e.rows[0].cpu().numpy()
         if e.step_in_block == 0:
             block_starts.append(s)
     canvas_len = out.metrics.prompt_tokens + out.metrics.all_tokens

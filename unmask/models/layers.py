@@ -1,7 +1,7 @@
 """The transformer both families share (RMSNorm, RoPE, GQA attention, SwiGLU), cache-aware.
 
 Family files (llada.py, dream.py) only map their Hub config keys and tensor names onto this.
-Caching policy lives in the RowPlan the forward is given; this module knows no cache mode.
+Caching policy lives in the StepPlan the runner is given; this module knows no cache mode.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unmask.cache import Cache, LayerProbe, RowPlan
+from unmask.cache import Cache, LayerCache, LayerInput
+from unmask.step import StepPlan
 
 
 @dataclass
@@ -93,8 +94,10 @@ def scatter_rows(x: Tensor, rows: Tensor, src: Tensor) -> None:
     x.scatter_(1, idx, src)
 
 
-class Block(nn.Module):
-    """One pre-norm transformer layer; computes any subset of rows against the full-canvas K/V."""
+class Layer(nn.Module):
+    """One pre-norm transformer layer. `step` is the only place a layer is computed: over the
+    whole canvas without a cache (training, the reference path), or over any rows of it against
+    a layer cache handle (decoding)."""
 
     def __init__(self, a: ModelArgs):
         super().__init__()
@@ -109,6 +112,31 @@ class Block(nn.Module):
         self.gate_proj = nn.Linear(d, a.mlp_hidden, bias=False)
         self.up_proj = nn.Linear(d, a.mlp_hidden, bias=False)
         self.down_proj = nn.Linear(a.mlp_hidden, d, bias=False)
+        self.fused = False
+
+    def fuse_projections(self) -> None:
+        """For decoding: Q/K/V and gate/up each become one matrix, so a layer runs 4 matmuls
+        rather than 7. The per-projection parameters become views of the fused ones, so the
+        Hub names, shapes and memory stay as they are (on this CPU the fused matmul gives the
+        same bits as the separate ones; tests/test_models.py checks it)."""
+        if self.fused:
+            return
+        pairs = (("qkv", ("q_proj", "k_proj", "v_proj")), ("gate_up", ("gate_proj", "up_proj")))
+        for name, mods in pairs:
+            linears = [getattr(self, m) for m in mods]
+            w = torch.cat([m.weight for m in linears])
+            b = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
+            lo = 0
+            for m in linears:
+                n = m.weight.shape[0]
+                m.weight = nn.Parameter(w[lo : lo + n], requires_grad=False)
+                if b is not None:
+                    m.bias = nn.Parameter(b[lo : lo + n], requires_grad=False)
+                lo += n
+            self.register_buffer(f"{name}_weight", w, persistent=False)
+            self.register_buffer(f"{name}_bias", b, persistent=False)
+        self.qkv_sizes = [self.q_proj.weight.shape[0], *[self.k_proj.weight.shape[0]] * 2]
+        self.fused = True
 
     def heads(self, t: Tensor, n: int) -> Tensor:
         B, N, _ = t.shape
@@ -116,15 +144,15 @@ class Block(nn.Module):
 
     def attention(
         self,
-        normed: Tensor,
+        q: Tensor,
         rope: tuple[Tensor, Tensor],
         k: Tensor,
         v: Tensor,
         key_mask: Tensor | None,
     ) -> Tensor:
-        """Queries from `normed` [B, N, D] against K/V [B, Hkv, Tk, Dh]; returns [B, N, D]."""
+        """Projected queries q [B, N, H*Dh] against K/V [B, Hkv, Tk, Dh]; returns [B, N, D]."""
         a = self.a
-        q = apply_rope(self.heads(self.q_proj(normed), a.n_heads), *rope)
+        q = apply_rope(self.heads(q, a.n_heads), *rope)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, Tk]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, enable_gqa=a.n_kv_heads != a.n_heads
@@ -132,35 +160,64 @@ class Block(nn.Module):
         B, _, N, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(B, N, a.n_heads * a.head_dim))
 
-    def keys(self, normed: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
-        return apply_rope(self.heads(self.k_proj(normed), self.a.n_kv_heads), *rope)
-
     def values(self, normed: Tensor) -> Tensor:
         return self.heads(self.v_proj(normed), self.a.n_kv_heads)
 
-    def kv(self, normed: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        return self.keys(normed, rope), self.values(normed)
-
     def mlp(self, h: Tensor) -> Tensor:
         n = self.mlp_norm(h)
-        return self.down_proj(F.silu(self.gate_proj(n)) * self.up_proj(n))
+        if self.fused:
+            gate, up = F.linear(n, self.gate_up_weight).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(n), self.up_proj(n)
+        return self.down_proj(F.silu(gate) * up)
+
+    def project(self, normed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Q, K, V projections of `normed` [B, N, D] (before heads and RoPE)."""
+        if self.fused:
+            qkv = F.linear(normed, self.qkv_weight, self.qkv_bias)
+            return qkv.split(self.qkv_sizes, dim=-1)
+        return self.q_proj(normed), self.k_proj(normed), self.v_proj(normed)
+
+    def step(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        key_mask: Tensor | None,
+        handle: LayerCache | None = None,
+        rows: Tensor | None = None,
+        normed: Tensor | None = None,
+        v: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, N, D] the rows computed, rope their tables; rows [B, N] their canvas rows
+        (None: x is the whole canvas in order). Without a handle they attend to each other;
+        with one their K/V are written to it and they attend to every cached row. `normed` and
+        `v` may be passed when already computed. Returns the layer output and the attention
+        and MLP residual contributions, [B, N, D] each."""
+        if normed is None:
+            normed = self.attn_norm(x)
+        q, k, v_new = self.project(normed)
+        k = apply_rope(self.heads(k, self.a.n_kv_heads), *rope)
+        v = self.heads(v_new, self.a.n_kv_heads) if v is None else v
+        if handle is not None:
+            k, v = handle.update(rows, k, v)
+        attn = self.attention(q, rope, k, v, key_mask)
+        h = x + attn
+        mlp = self.mlp(h)
+        return h + mlp, attn, mlp
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], key_mask: Tensor | None) -> Tensor:
         """Plain full forward without a cache (training and the reference path)."""
-        normed = self.attn_norm(x)
-        k, v = self.kv(normed, rope)
-        h = x + self.attention(normed, rope, k, v, key_mask)
-        return h + self.mlp(h)
+        return self.step(x, rope, key_mask)[0]
 
 
 class Transformer(nn.Module):
-    """Embedding, blocks, final norm, LM head. `forward`: training path; `run`: plan-driven."""
+    """Embedding, layers, final norm, LM head. `forward`: training path; `run`: plan-driven."""
 
     def __init__(self, a: ModelArgs):
         super().__init__()
         self.args = a
         self.embed = nn.Embedding(a.vocab_size, a.d_model)
-        self.layers = nn.ModuleList(Block(a) for _ in range(a.n_layers))
+        self.layers = nn.ModuleList(Layer(a) for _ in range(a.n_layers))
         self.norm = RMSNorm(a.d_model, a.norm_eps)
         self.lm_head = nn.Linear(a.d_model, a.vocab_size, bias=False)
 
@@ -189,95 +246,149 @@ class Transformer(nn.Module):
         canvas: Tensor,
         pos: Tensor,
         key_mask: Tensor | None,
-        plan: RowPlan,
+        plan: StepPlan,
         cache: Cache,
-        out_rows: Tensor,
-        need: Tensor | None = None,
+        warm: list[bool] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """One plan-driven forward (1 NFE).
+        """One plan-driven forward (1 NFE) of canvas, pos [B, T].
 
-        canvas, pos [B, T]; out_rows [B, M] canvas rows whose final hidden states are returned;
-        need [B, T] the rows among them that must be fresh (default: all of them). With a
-        fixed-rows plan, an out row that is neither planned nor needed comes back as zeros.
-        Returns hidden [B, M, D] and the rows recomputed per sample and layer [B, n_layers].
+        When every row's plan is fixed, only the union of its rows and the needed decision rows
+        is carried through the layers; otherwise the whole residual stream is, and at each layer
+        each row's plan picks the rows recomputed (the others add their cached contributions).
+        `warm[b]`: row b's cache holds an earlier step (what its plan's signals report).
+        Returns hidden [B, M, D] of plan.out_rows (a decision row that is neither recomputed
+        nor needed comes back as zeros) and the rows recomputed per sample and layer [B, L].
         """
-        fixed = plan.fixed_rows()
-        if fixed is not None:
-            if need is None:
-                need = _row_mask(out_rows, fixed.shape[1])
-            return self._run_fixed(canvas, pos, key_mask, fixed | need, cache, out_rows)
-        return self._run_layered(canvas, pos, key_mask, plan, cache, out_rows)
+        if cache.rope is None:  # positions are fixed for a request: one table for all steps
+            cache.rope = self.rope(pos)
+        fixed = [p.fixed_rows() for p in plan.rows]
+        if all(f is not None for f in fixed):
+            mask = torch.cat(fixed) | plan.need
+            if plan.valid is not None:
+                mask &= plan.valid
+            rows, n = mask_to_rows(mask)
+            return self._run_fixed(canvas, key_mask, plan, cache, rows, n)
+        warm = [True] * plan.batch if warm is None else warm
+        return self._run_layered(canvas, key_mask, plan, cache, warm)
 
-    def _run_fixed(self, canvas, pos, key_mask, mask, cache, out_rows):
+    def _run_fixed(self, canvas, key_mask, plan, cache, rows, n):
         # The same rows at every layer: carry only those rows; everything else is read from K/V.
-        rows, n = mask_to_rows(mask)
-        rope = self.rope(gather_rows(pos, rows))
-        x = self.embed(gather_rows(canvas, rows))  # [B, N, D]
-        for i, layer in enumerate(self.layers):
-            normed = layer.attn_norm(x)
-            k, v = layer.kv(normed, rope)
-            cache.write_kv(i, rows, k, v)
-            h = x + layer.attention(normed, rope, cache.k[i], cache.v[i], key_mask)
-            x = h + layer.mlp(h)
-        where, found = _positions_in(rows, out_rows)
+        # When they are one span shared by every sample (a block, a suffix, the whole canvas)
+        # they are sliced rather than gathered, and K/V are written by slice.
+        T, N = canvas.shape[1], rows.shape[1]
+        span = _common_span(rows, n)
+        if span is not None:
+            at = span if span != slice(0, T) else None
+            x = self.embed(canvas[:, span])  # [B, N, D]
+            rope = (cache.rope[0][:, span], cache.rope[1][:, span])
+            where = (plan.out_rows - span.start).clamp(0, N - 1)
+            found = (plan.out_rows >= span.start) & (plan.out_rows < span.stop)
+        else:
+            at = rows
+            x = self.embed(gather_rows(canvas, rows))  # [B, N, D]
+            rope = (gather_rows(cache.rope[0], rows), gather_rows(cache.rope[1], rows))
+            where, found = _positions_in(rows, plan.out_rows)
+        for layer, handle in zip(self.layers, cache.layers, strict=True):
+            x = layer.step(x, rope, key_mask, handle, at)[0]
         hidden = gather_rows(x, where) * found[..., None]  # [B, M, D]
         return hidden, n[:, None].expand(-1, len(self.layers)).clone()
 
-    def _run_layered(self, canvas, pos, key_mask, plan, cache, out_rows):
+    def _run_layered(self, canvas, key_mask, plan, cache, warm):
         # Per-layer row sets: carry the whole residual stream; rows a layer skips take its cached
         # attention and MLP contributions (the dLLM-Cache / Dynamic-dLLM feature cache).
-        rope_all = self.rope(pos)
+        rope_all = cache.rope
         x = self.embed(canvas)  # [B, T, D]
+        B, T = canvas.shape
+        P = plan.gen_start
         # Rows per sample and layer stay on the device: no host sync inside the forward.
-        counts = torch.zeros(x.shape[0], len(self.layers), dtype=torch.long, device=x.device)
-        for i, layer in enumerate(self.layers):
-            probe = LayerProbe(i, x, layer, rope_all, cache)
-            mask = plan.rows(i, probe)
-            if mask is None:
-                cache.v_only += probe.v_only_rows(None)  # a signal computed before it chose
-                normed = probe.normed
-                k, v = probe.kv()
-                cache.k[i].copy_(k)
-                cache.v[i].copy_(v)
-                attn = layer.attention(normed, rope_all, cache.k[i], cache.v[i], key_mask)
-                h = x + attn
-                mlp = layer.mlp(h)
-                cache.write_features(i, None, attn, mlp)
-                counts[:, i] = x.shape[1]
-                x = h + mlp
+        counts = torch.zeros(B, len(self.layers), dtype=torch.long, device=x.device)
+        for i, (layer, handle) in enumerate(zip(self.layers, cache.layers, strict=True)):
+            inp = LayerInput(x, layer, handle, P)
+            picks = [p.layer_rows(i, inp.signals(b, warm[b])) for b, p in enumerate(plan.rows)]
+            if all(r.mask is None for r in picks):  # every row (left padding too: it is masked)
+                cache.v_only += _v_only(inp, None, False)
+                out, attn, mlp = layer.step(x, rope_all, key_mask, handle, normed=inp.normed)
+                handle.write_features(None, attn, mlp)
+                counts[:, i] = T if plan.valid is None else plan.valid.sum(-1)
+                x = out
                 continue
-            rows, counts[:, i] = mask_to_rows(mask, plan.count(i))
-            P = probe.refresh_v_from
-            if P is not None:  # fresh V of every generated row, recomputed or not
-                cache.v[i][:, :, P:] = probe.gen_values(P)
-            normed = gather_rows(probe.normed, rows)
+            fresh = [b for b, r in enumerate(picks) if r.fresh_v]
+            if fresh:  # fresh V of every generated row, recomputed or not
+                if len(fresh) == B:
+                    handle.v[:, :, P:] = inp.gen_values()
+                else:
+                    handle.v[fresh, :, P:] = inp.gen_values()[fresh]
+            ones = torch.ones_like(canvas[:1], dtype=torch.bool)
+            mask = torch.cat([ones if r.mask is None else r.mask for r in picks])  # [B, T]
+            if plan.valid is not None:
+                mask &= plan.valid
+            bound = None
+            if all(r.mask is not None and r.bound is not None for r in picks):
+                bound = max(r.bound for r in picks)
+            rows, counts[:, i] = mask_to_rows(mask, bound)
+            normed = gather_rows(inp.normed, rows)
             rope = (gather_rows(rope_all[0], rows), gather_rows(rope_all[1], rows))
-            k, v = probe.kv_rows(rows, normed, rope)
-            cache.v_only += probe.v_only_rows(mask)
-            cache.write_kv(i, rows, k, v)
-            attn = layer.attention(normed, rope, cache.k[i], cache.v[i], key_mask)
-            h = gather_rows(x, rows) + attn
-            mlp = layer.mlp(h)
-            cache.write_features(i, rows, attn, mlp)
-            x = x + cache.attn[i] + cache.mlp[i]
-        return gather_rows(x, out_rows), counts
+            v, reused = None, False
+            if inp.gen_v is not None:  # V of the recomputed rows from the generated rows' V
+                gen_only = all(r.gen_only for r in picks) or (
+                    not any(r.gen_only is False for r in picks) and bool((rows >= P).all())
+                )
+                if gen_only:  # (an idle row's padding index may sit left of P: clamped)
+                    idx = (
+                        (rows - P)
+                        .clamp(min=0)[:, None, :, None]
+                        .expand(-1, inp.gen_v.shape[1], -1, inp.gen_v.shape[3])
+                    )
+                    v, reused = inp.gen_v.gather(2, idx), True
+            cache.v_only += _v_only(inp, mask, reused)
+            _, attn, mlp = layer.step(
+                gather_rows(x, rows), rope, key_mask, handle, rows, normed=normed, v=v
+            )
+            handle.write_features(rows, attn, mlp)
+            A, M = handle.contributions()
+            x = x + A + M
+        return gather_rows(x, plan.out_rows), counts
+
+
+def _v_only(inp: LayerInput, mask: Tensor | None, reused: bool) -> Tensor | int:
+    """Generated rows whose V this layer projected although it does not recompute them (per
+    sample [B], or 0), given the layer's row mask [B, T] (None: every row recomputed)."""
+    if inp.gen_v is None:
+        return 0
+    G = inp.gen_v.shape[2]
+    if mask is None or not reused:
+        return G  # the recomputed rows projected their V again: all of them were extra
+    return G - mask[:, inp.x.shape[1] - G :].sum(-1)
 
 
 def mask_to_rows(mask: Tensor, n: int | None = None) -> tuple[Tensor, Tensor]:
     """Row mask [B, T] -> ascending row indices [B, N] and counts [B]. Rows with fewer than N
     selected repeat their first index: recomputing a row twice writes the same values twice.
-    N is the largest count; a plan that knows it passes `n` and spares a device-to-host sync."""
+    N is the largest count; a plan that knows a bound passes it as `n` and spares a device-to-host
+    sync. A mask that selects more than its bound is an error (raised on the CPU; a device-side
+    assert on an accelerator), never a silent drop."""
     counts = mask.sum(-1)
     if n is None:
         n = int(counts.max())
+    else:
+        torch._assert_async((counts <= n).all(), "a plan selected more rows than its bound")
     order = mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, :n]  # [B, N]
     pad = torch.arange(n, device=mask.device) >= counts[:, None]
     return torch.where(pad, order[:, :1], order), counts
 
 
-def _row_mask(rows: Tensor, T: int) -> Tensor:
-    mask = torch.zeros(rows.shape[0], T, dtype=torch.bool, device=rows.device)
-    return mask.scatter_(1, rows, True)
+def _common_span(rows: Tensor, counts: Tensor) -> slice | None:
+    """rows [B, N] from mask_to_rows: the slice they are when every sample selected the same N
+    consecutive rows, else None (a host read of 2B + B numbers)."""
+    N = rows.shape[1]
+    if N == 0:
+        return None
+    first, last = rows[:, 0].tolist(), rows[:, -1].tolist()
+    if len(set(first)) != 1 or last[0] - first[0] != N - 1 or len(set(last)) != 1:
+        return None
+    if not bool((counts == N).all()):
+        return None
+    return slice(first[0], first[0] + N)
 
 
 def _positions_in(rows: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:

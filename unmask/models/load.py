@@ -220,6 +220,8 @@ def load(
         handles.clear()
     model.load_state_dict(state, assign=True)
     model.eval().requires_grad_(False)
+    for layer in model.layers:
+        layer.fuse_projections()
     try:
         tokenizer = Tokenizer.from_dir(path)
     except (OSError, ValueError) as e:

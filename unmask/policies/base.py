@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 
@@ -27,11 +27,17 @@ RANGES: dict[str, Callable[[float], bool]] = {
 class Policy:
     """Init fields are hyperparameters; fields declared with `init=False` are per-request state.
     `bounds` names each numeric field's valid range (a key of RANGES), checked when the policy
-    is built; a float field is never NaN or infinite."""
+    is built; a float field is never NaN or infinite. `info`: the values the policy chose at
+    the last step (B_t, tau_t, ...), copied into each StepEvent. Each row of a request has its
+    own instance, so per-request state is per row."""
 
     name: ClassVar[str] = ""
     role: ClassVar[str] = ""
     bounds: ClassVar[dict[str, str]] = {}
+    # True when the policy reads the logits of every generated position (RowView.gen_logits),
+    # not only the block's: the step plan then asks the forward for them.
+    wants_gen_logits: ClassVar[bool] = False
+    info: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -134,7 +140,7 @@ def fresh(policy: Policy) -> Policy:
 @dataclass
 class ConfidenceHistory:
     """CadLLM's feedback signal: after every forward, the mean confidence of the block positions
-    that were masked before that step's reveals (batch-averaged; the reference runs batch 1).
+    that were masked before that step's reveals (of its own row: each row keeps its own).
     Dream's block-start forward, which reveals the block's first token unconditionally, adds
     nothing. Kept by each policy that reads it, from the same step events."""
 
@@ -149,12 +155,3 @@ class ConfidenceHistory:
     def mean(self, last: int) -> float:
         tail = self.values[-last:]
         return sum(tail) / len(tail)
-
-
-def one_prompt_only(policy: Policy, req: Any) -> None:
-    """Policies whose state is one scalar history (CadLLM's) follow the batch-1 reference."""
-    if req.batch != 1:
-        raise ValueError(
-            f"{policy.role} policy {policy.name!r} decodes one prompt at a time, like its "
-            f"reference code; got a batch of {req.batch}"
-        )

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import torch
 
-from unmask.policies.base import ConfidenceHistory, Policy, one_prompt_only
+from unmask.policies.base import ConfidenceHistory, Policy
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,6 @@ class AdaptiveBlocks(BlockSchedule):
     adaptive_len: bool = True
     adaptive_steps: bool = True
     hist: ConfidenceHistory = field(default_factory=ConfidenceHistory, init=False, repr=False)
-    info: dict = field(default_factory=dict, init=False, repr=False)
     _dream: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,7 +87,6 @@ class AdaptiveBlocks(BlockSchedule):
             raise ValueError(f"need min_len <= max_len, got {self.min_len}, {self.max_len}")
 
     def reset(self, req) -> None:
-        one_prompt_only(self, req)
         self.hist = ConfidenceHistory()
         self.info = {}
         self._dream = req.logit_shift

@@ -1,7 +1,8 @@
 """RefreshPolicies: turn per-request state into this step's RowPlan (rows recomputed per layer).
 
 `none` (no cache), Fast-dLLM's prefix and dual caches; dKV-Cache, dLLM-Cache and Dynamic-dLLM's
-DCU join this module. The model only ever sees the plan, never the policy.
+DCU join this module. Each row of a batch has its own policy instance and plan (step.py); the
+runner only ever sees plans, never a policy.
 """
 
 from __future__ import annotations
@@ -12,68 +13,72 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from unmask.cache import LayerProbe
+from unmask.cache import LayerSignals
 from unmask.policies.base import Policy
+from unmask.step import EVERY_ROW, LayerRows, RowPlan, RowView
 
 
 @dataclass
 class FixedPlan:
-    """The same rows at every layer; the forward carries only these rows."""
+    """The same rows at every layer; the runner carries only these rows."""
 
-    mask: Tensor  # [B, T] bool
+    mask: Tensor  # [1, T] bool
+    gen_only: bool | None = None  # no prompt row among them (None: not known without a read)
 
     def fixed_rows(self) -> Tensor:
         return self.mask
 
-    def rows(self, layer: int, probe: LayerProbe) -> Tensor:
-        return self.mask
-
-    def count(self, layer: int) -> None:
-        return None
+    def layer_rows(self, layer: int, signals: LayerSignals) -> LayerRows:
+        return LayerRows(self.mask, gen_only=self.gen_only)
 
 
 @dataclass
 class FullLayeredPlan:
-    """Every row at every layer through the per-layer path, writing the feature cache too: the
-    cold start of a policy that reuses attention/MLP contributions."""
+    """Every row at every layer through the per-layer path, writing the feature cache too."""
 
     def fixed_rows(self) -> None:
         return None
 
-    def rows(self, layer: int, probe: LayerProbe) -> None:
-        return None
-
-    def count(self, layer: int) -> None:
-        return None
+    def layer_rows(self, layer: int, signals: LayerSignals) -> LayerRows:
+        return EVERY_ROW
 
 
 @dataclass
 class ColdStart:
-    """Every row at every layer (the cache is empty), while the policy's own plan still sees
-    each layer's probe, so that per-layer state (previous inputs) starts from this step."""
+    """A row's first forward under a policy that reuses attention/MLP contributions: every row
+    at every layer (its cache is empty), while the policy's own plan still sees each layer's
+    signals, so that per-layer state (previous inputs) starts from this step."""
 
-    inner: object
+    inner: RowPlan
 
     def fixed_rows(self) -> None:
         return None
 
-    def rows(self, layer: int, probe: LayerProbe) -> None:
-        probe.cold = True
-        self.inner.rows(layer, probe)
-        return None
-
-    def count(self, layer: int) -> None:
-        return None
+    def layer_rows(self, layer: int, signals: LayerSignals) -> LayerRows:
+        self.inner.layer_rows(layer, signals)
+        return EVERY_ROW
 
 
 @dataclass
 class RefreshPolicy(Policy):
     role: ClassVar[str] = "refresh"
-    # True when plans differ per layer and reuse cached attention/MLP contributions.
-    features: ClassVar[bool] = False
 
-    def plan(self, ctx) -> FixedPlan | FullLayeredPlan:
+    def plan(self, ctx: RowView) -> RowPlan:
+        """This step's plan for the row, once its cache holds an earlier step."""
         raise NotImplementedError
+
+    def cold_plan(self, ctx: RowView) -> RowPlan:
+        """The row's first forward, when its cache is empty: every row at every layer."""
+        return FixedPlan(all_rows(ctx))
+
+
+@dataclass
+class FeatureRefresh(RefreshPolicy):
+    """A policy whose plans differ per layer and reuse cached attention/MLP contributions: its
+    cold start fills the feature cache too, and lets its plan record per-layer state."""
+
+    def cold_plan(self, ctx: RowView) -> RowPlan:
+        return ColdStart(self.plan(ctx))
 
 
 @dataclass
@@ -187,7 +192,7 @@ class DKVCache(RefreshPolicy):
 
 
 @dataclass
-class DLLMCache(RefreshPolicy):
+class DLLMCache(FeatureRefresh):
     """dLLM-Cache (Liu et al. 2025). A global forward counter t: prompt rows are recomputed when
     t % kp == 0, response rows when t % kr == 0; in between, each layer recomputes the
     int(G * rho) response rows whose fresh V is least cosine-similar to the cached V (V itself
@@ -197,7 +202,6 @@ class DLLMCache(RefreshPolicy):
 
     name: ClassVar[str] = "dllm-cache"
     bounds: ClassVar[dict[str, str]] = {"kp": ">= 1", "kr": ">= 1", "rho": "[0, 1]"}
-    features: ClassVar[bool] = True
     kp: int = 50
     kr: int = 7
     rho: float = 0.25
@@ -226,42 +230,21 @@ class DLLMCachePlan:
         G = self.ctx.gen_len
         return self.ctx.gen_start * prompt + (G if gen else int(G * self.policy.rho))
 
-    def rows(self, layer: int, probe: LayerProbe) -> Tensor | None:
+    def layer_rows(self, layer: int, signals: LayerSignals) -> LayerRows:
         p, ctx = self.policy, self.ctx
         refresh_prompt, refresh_gen = self.refreshes(layer)
         mask = scheduled_rows(ctx, refresh_prompt, refresh_gen)
-        probe.gen_only = not refresh_prompt
+        bound, gen_only = self.count(layer), not refresh_prompt
         if mask is None or refresh_gen:
-            return mask
+            return LayerRows(mask, bound, gen_only)
         P, G = ctx.gen_start, ctx.gen_len
         n = int(G * p.rho)
         if n > 0:
-            pick = v_moved(probe, P).topk(n, dim=-1).indices
+            pick = signals.v_moved().topk(n, dim=-1).indices
             mask[:, P:].scatter_(1, pick, True)
-        return mask
-
-
-def v_moved(probe: LayerProbe, P: int, refresh: bool = True) -> Tensor:
-    """1 - cos(fresh V, cached V) of every generated row [B, G], heads concatenated. With
-    `refresh`, the fresh V then replaces the cached V of all generated rows (it has been computed
-    anyway, and both released codes keep it)."""
-    fresh = _flat_heads(probe.gen_values(P))
-    cached = _flat_heads(probe.cache.v[probe.layer][:, :, P:])
-    if refresh:
-        refresh_values(probe, P)
-    return 1 - torch.cosine_similarity(fresh, cached, dim=-1)
-
-
-def refresh_values(probe: LayerProbe, P: int) -> None:
-    """Have the layer overwrite V of every generated row with fresh values (K stays limited to
-    the recomputed rows), as both dLLM-Cache's and Dynamic-dLLM's released code do."""
-    probe.refresh_v_from = P
-
-
-def _flat_heads(v: Tensor) -> Tensor:
-    """[B, H, N, Dh] -> [B, N, H * Dh]: one vector per row, all heads concatenated."""
-    B, H, N, Dh = v.shape
-    return v.transpose(1, 2).reshape(B, N, H * Dh)
+        # The fresh V measured for the signal replaces the cached V of all generated rows (it
+        # has been computed anyway, and both released codes keep it).
+        return LayerRows(mask, bound, gen_only, fresh_v=n > 0)
 
 
 REGISTRY.update({c.name: c for c in (DKVCache, DLLMCache)})
@@ -271,7 +254,7 @@ PAPER_BUDGET = 32  # Dynamic-dLLM's B_layer = B_window at gen_len 256
 
 
 @dataclass
-class DCU(RefreshPolicy):
+class DCU(FeatureRefresh):
     """Dynamic-dLLM's Dynamic Cache Updating. Each layer recomputes a mandatory window of
     `window`+1 generated positions around the key token (the last revealed position) plus the
     `budget` generated rows whose layer input moved most since the previous step (cosine
@@ -295,7 +278,6 @@ class DCU(RefreshPolicy):
         "prompt_interval": ">= 1",
         "gen_interval": ">= 1",
     }
-    features: ClassVar[bool] = True
     budget: int | None = None
     window: int | None = None
     proxy: str = "x"
@@ -305,11 +287,9 @@ class DCU(RefreshPolicy):
     gen_interval: int | None = None
     fresh_v: bool = True
     _ctx: object = field(default=None, init=False, repr=False)
-    _prev_in: list = field(default_factory=list, init=False, repr=False)
+    _last: DCUPlan | None = field(default=None, init=False, repr=False)  # the previous step's
     _s_prev: Tensor | None = field(default=None, init=False, repr=False)
-    _s_now: list[Tensor | None] | None = field(default=None, init=False, repr=False)
     _key: Tensor | None = field(default=None, init=False, repr=False)
-    info: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -320,9 +300,8 @@ class DCU(RefreshPolicy):
 
     def reset(self, req) -> None:
         self._ctx = req
-        self._prev_in = [None] * req.n_layers
+        self._last = None
         self._s_prev = None
-        self._s_now = None
         self._key = torch.full((req.batch,), -1, dtype=torch.long, device=req.canvas.device)
         self.info = {}
 
@@ -334,11 +313,11 @@ class DCU(RefreshPolicy):
         )
 
     def plan(self, ctx) -> DCUPlan:
-        if self._s_now is not None:  # last step's per-layer dynamism: one device sync here
-            done = [s for s in self._s_now if s is not None]
+        last = self._last
+        if last is not None:  # last step's per-layer dynamism, as its plan recorded it
+            done = [s for s in last.dynamism if s is not None]
             zero = torch.zeros((), device=done[0].device) if done else torch.zeros(())
-            self._s_prev = torch.stack([zero if s is None else s for s in self._s_now]).cpu()
-        self._s_now = [None] * ctx.n_layers
+            self._s_prev = torch.stack([zero if s is None else s for s in last.dynamism]).cpu()
         budget, window = self.sizes(ctx)
         span = window_span(window, ctx.gen_len)
         room = ctx.gen_len - span  # rows outside the window
@@ -349,7 +328,7 @@ class DCU(RefreshPolicy):
         else:
             budgets = water_fill(self._s_prev, budget * ctx.n_layers, room)
         t = ctx.nfe
-        return DCUPlan(
+        self._last = DCUPlan(
             self,
             ctx,
             budgets,
@@ -357,7 +336,9 @@ class DCU(RefreshPolicy):
             span=span,
             refresh_prompt=self.prompt_interval is not None and t % self.prompt_interval == 0,
             refresh_gen=self.gen_interval is not None and t % self.gen_interval == 0,
+            prev_in=[None] * ctx.n_layers if last is None else last.inputs,
         )
+        return self._last
 
     def observe(self, event) -> None:
         # Key token: the rightmost position revealed at this step (kept when none was).
@@ -406,13 +387,23 @@ def water_fill(weights: Tensor, total: int, cap: int) -> list[int]:
 
 @dataclass
 class DCUPlan:
+    """One step of DCU for a row. It records what the next step's plan reads: each layer's
+    normalised input (x proxy) and mean movement (the proportional budgets)."""
+
     policy: DCU
-    ctx: object
+    ctx: RowView
     budgets: list[int]  # rows outside the window, per layer
-    window: Tensor  # [B, G] the mandatory window, the same at every layer of this step
+    window: Tensor  # [1, G] the mandatory window, the same at every layer of this step
     span: int  # rows in it
     refresh_prompt: bool  # interval refreshes due at this step
     refresh_gen: bool
+    prev_in: list[Tensor | None]  # the previous step's layer inputs (x proxy)
+    inputs: list[Tensor | None] = field(init=False)  # this step's, where measured
+    dynamism: list[Tensor | None] = field(init=False)  # mean movement per layer (on the device)
+
+    def __post_init__(self) -> None:
+        self.inputs = list(self.prev_in)
+        self.dynamism = [None] * len(self.prev_in)
 
     def fixed_rows(self) -> None:
         return None
@@ -424,35 +415,33 @@ class DCUPlan:
         gen = G if self.refresh_gen else self.span + self.budgets[layer]
         return self.ctx.gen_start * self.refresh_prompt + gen
 
-    def rows(self, layer: int, probe: LayerProbe) -> Tensor | None:
+    def layer_rows(self, layer: int, signals: LayerSignals) -> LayerRows:
         p, ctx = self.policy, self.ctx
         P = ctx.gen_start
         if p.layer0_full and layer == 0:
-            return None  # recomputed whole: its movement is neither needed nor used
+            return EVERY_ROW  # recomputed whole: its movement is neither needed nor used
         if p.proxy == "x":
-            now = probe.normed[:, P:]  # [B, G, D]
-            prev = p._prev_in[layer]
-            p._prev_in[layer] = now
+            now = signals.gen_input()  # [1, G, D]
+            prev = self.prev_in[layer]
+            self.inputs[layer] = now
             if prev is None:
-                return None
-            moved = 1 - torch.cosine_similarity(now, prev, dim=-1)  # [B, G]
-            if p.fresh_v:
-                refresh_values(probe, P)
-        elif probe.cold:  # V against an empty cache: no signal (the next step allocates evenly)
-            return None
+                return EVERY_ROW
+            moved = 1 - torch.cosine_similarity(now, prev, dim=-1)  # [1, G]
+        elif not signals.warm:  # V against an empty cache: no signal (the next step: even split)
+            return EVERY_ROW
         else:
-            moved = v_moved(probe, P, refresh=p.fresh_v)
-        p._s_now[layer] = moved.mean().float()  # stays on the device: no sync inside a forward
+            moved = signals.v_moved()
+        self.dynamism[layer] = moved.mean().float()  # stays on the device: no sync in a forward
         mask = scheduled_rows(ctx, self.refresh_prompt, self.refresh_gen)
-        probe.gen_only = not self.refresh_prompt
+        bound, gen_only, fresh = self.count(layer), not self.refresh_prompt, p.fresh_v
         if mask is None or self.refresh_gen:
-            return mask
+            return LayerRows(mask, None if mask is None else bound, gen_only, fresh)
         win, n = self.window, self.budgets[layer]
         if n > 0:
             pick = moved.masked_fill(win, float("-inf")).topk(n, dim=-1).indices
             win = win.scatter(1, pick, True)
         mask[:, P:] |= win
-        return mask
+        return LayerRows(mask, bound, gen_only, fresh)
 
 
 REGISTRY.update({c.name: c for c in (DCU,)})

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from unmask.policies.base import ConfidenceHistory, Policy, one_prompt_only
+from unmask.policies.base import ConfidenceHistory, Policy
 
 
 def row_rand(shape: tuple[int, ...], gens: list[torch.Generator], dtype=torch.float32) -> Tensor:
@@ -94,7 +94,6 @@ class TopV(Scorer):
     adaptive: bool = True
     hist: ConfidenceHistory = field(default_factory=ConfidenceHistory, init=False, repr=False)
     committed: list[int] = field(default_factory=list, init=False, repr=False)
-    info: dict = field(default_factory=dict, init=False, repr=False)
     _dream: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -103,7 +102,6 @@ class TopV(Scorer):
             raise ValueError(f"need v_min <= v_max, got {self.v_min}, {self.v_max}")
 
     def reset(self, req) -> None:
-        one_prompt_only(self, req)
         self.hist = ConfidenceHistory()
         self.committed = []
         self.info = {}

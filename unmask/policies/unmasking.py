@@ -39,9 +39,15 @@ class Quota(UnmaskRule):
     budget (the first `n mod S` steps take one extra), top-k by confidence at each step."""
 
     name: ClassVar[str] = "quota"
+    _n0: Tensor | None = field(default=None, init=False, repr=False)
+
+    def reset(self, req) -> None:
+        self._n0 = None
 
     def select(self, conf: Tensor, masked: Tensor, ctx) -> Tensor:
-        n0 = ctx.block_masked_at_start  # [B]
+        if ctx.step_in_block == 0:  # the masks present when the block opens
+            self._n0 = masked.sum(-1)  # [B]
+        n0 = self._n0
         steps = ctx.block.steps
         i = ctx.step_in_block
         k = n0 // steps + (i < n0 % steps).long()
@@ -133,7 +139,6 @@ class APD(UnmaskRule):
     _thr: Tensor | None = field(default=None, init=False, repr=False)
     _prev: Tensor | None = field(default=None, init=False, repr=False)
     _seen: Tensor | None = field(default=None, init=False, repr=False)
-    info: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -141,7 +146,7 @@ class APD(UnmaskRule):
             raise ValueError(f"scope must be gen or block, got {self.scope!r}")
 
     @property
-    def gen_logits(self) -> bool:
+    def wants_gen_logits(self) -> bool:
         return self.scope == "gen"
 
     def reset(self, req) -> None:
@@ -194,7 +199,6 @@ class CadThreshold(UnmaskRule):
     tau_min: float = 0.40
     global_decay: bool = False
     dream_first: bool | None = None
-    info: dict = field(default_factory=dict, init=False, repr=False)
 
     def tau(self, ctx) -> float:
         b = ctx.block
