@@ -4,6 +4,8 @@ recipes with `unmask bench`. Random weights make confidences meaningless, so com
 (NFE, rows, wall time), not accuracy.
 
     python scripts/scale_check.py --family llada --out /tmp/llada-8b-random
+    python scripts/scale_check.py --family llada-52m --device cpu --dtype float32 \
+        --out /tmp/llada-52m
 """
 
 from __future__ import annotations
@@ -49,7 +51,24 @@ SHAPES = {  # from the released config.json files
         logit_shift=True,
     ),
 }
-TOKENIZERS = {"llada": "unmask/checkpoints/tiny-llada", "dream": "unmask/checkpoints/tiny-dream"}
+# A 52M-parameter LLaDA-like stand-in for CPU cost checks (d 1024, 4 layers, the tiny vocabulary):
+# big enough that a row's matmuls, not Python, set a step's cost.
+SHAPES["llada-52m"] = dict(
+    SHAPES["llada"],
+    d_model=1024,
+    n_layers=4,
+    n_heads=16,
+    n_kv_heads=16,
+    mlp_hidden=2816,
+    vocab_size=404,
+    mask_id=403,
+    eos_id=399,
+)
+TOKENIZERS = {
+    "llada": "unmask/checkpoints/tiny-llada",
+    "llada-52m": "unmask/checkpoints/tiny-llada",
+    "dream": "unmask/checkpoints/tiny-dream",
+}
 
 
 def main() -> None:
@@ -58,17 +77,18 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--layers", type=int, default=None, help="fewer layers than the real model")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     a = p.parse_args()
     shape = dict(SHAPES[a.family])
     if a.layers:
         shape["n_layers"] = a.layers
     tok_dir = TOKENIZERS[a.family]
     tok = Tokenizer.from_dir(tok_dir)
-    args = ModelArgs(family=a.family, **shape)
+    args = ModelArgs(family=a.family.split("-")[0], **shape)
     t0 = time.perf_counter()
     torch.manual_seed(0)
     with torch.device(a.device):
-        model = Transformer(args).to(torch.bfloat16)
+        model = Transformer(args).to(getattr(torch, a.dtype))
     with torch.no_grad():
         for name, w in model.named_parameters():
             if w.dim() == 2:

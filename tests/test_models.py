@@ -216,6 +216,25 @@ def stored_tensors(path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+@pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
+def test_fused_projections_give_the_same_bits(name):
+    """load() fuses Q/K/V and gate/up into one matmul each; the logits must be bit-identical to
+    the separate projections', and the Hub-named parameters keep their shapes and values."""
+    from unmask.models.layers import Transformer
+
+    lm = ckpt.load(name)
+    plain = Transformer(lm.args)
+    plain.load_state_dict(lm.model.state_dict())
+    assert all(layer.fused for layer in lm.model.layers)
+    assert not any(layer.fused for layer in plain.layers)
+    g = torch.Generator().manual_seed(0)
+    for T in (7, 64, 195):
+        ids = torch.randint(0, lm.args.vocab_size, (2, T), generator=g)
+        with torch.no_grad():
+            assert torch.equal(lm.model(ids), plain(ids)), T
+    assert set(lm.model.state_dict()) == set(plain.state_dict())
+
+
 @pytest.mark.parametrize("family", ["llada", "dream"])
 @pytest.mark.parametrize("shard", [None, 4096])
 def test_save_load_round_trip(ckpt_root, family, shard):

@@ -142,17 +142,9 @@ class Layer(nn.Module):
         B, N, _ = t.shape
         return t.view(B, N, n, self.a.head_dim).transpose(1, 2)  # [B, n, N, Dh]
 
-    def attention(
-        self,
-        q: Tensor,
-        rope: tuple[Tensor, Tensor],
-        k: Tensor,
-        v: Tensor,
-        key_mask: Tensor | None,
-    ) -> Tensor:
-        """Projected queries q [B, N, H*Dh] against K/V [B, Hkv, Tk, Dh]; returns [B, N, D]."""
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
+        """Rotated queries q [B, H, N, Dh] against K/V [B, Hkv, Tk, Dh]; returns [B, N, D]."""
         a = self.a
-        q = apply_rope(self.heads(q, a.n_heads), *rope)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, Tk]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, enable_gqa=a.n_kv_heads != a.n_heads
@@ -171,12 +163,13 @@ class Layer(nn.Module):
             gate, up = self.gate_proj(n), self.up_proj(n)
         return self.down_proj(F.silu(gate) * up)
 
-    def project(self, normed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Q, K, V projections of `normed` [B, N, D] (before heads and RoPE)."""
+    def project(self, normed: Tensor) -> tuple[Tensor, Tensor]:
+        """Q and K side by side [B, N, (H + Hkv) * Dh], and V [B, N, Hkv * Dh], of `normed`
+        [B, N, D] (before heads and RoPE)."""
         if self.fused:
             qkv = F.linear(normed, self.qkv_weight, self.qkv_bias)
-            return qkv.split(self.qkv_sizes, dim=-1)
-        return self.q_proj(normed), self.k_proj(normed), self.v_proj(normed)
+            return qkv.split([self.qkv_sizes[0] + self.qkv_sizes[1], self.qkv_sizes[2]], dim=-1)
+        return torch.cat([self.q_proj(normed), self.k_proj(normed)], dim=-1), self.v_proj(normed)
 
     def step(
         self,
@@ -187,20 +180,31 @@ class Layer(nn.Module):
         rows: Tensor | None = None,
         normed: Tensor | None = None,
         v: Tensor | None = None,
+        keep: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, N, D] the rows computed, rope their tables; rows [B, N] their canvas rows
         (None: x is the whole canvas in order). Without a handle they attend to each other;
         with one their K/V are written to it and they attend to every cached row. `normed` and
-        `v` may be passed when already computed. Returns the layer output and the attention
-        and MLP residual contributions, [B, N, D] each."""
+        `v` may be passed when already computed. `keep` [B, M] (indices into the N rows): every
+        row's K/V are written, but only these rows go on through attention and the MLP (the last
+        layer, where nothing else reads the others' outputs). Returns the layer output and the
+        attention and MLP residual contributions, [B, N or M, D] each."""
         if normed is None:
             normed = self.attn_norm(x)
-        q, k, v_new = self.project(normed)
-        k = apply_rope(self.heads(k, self.a.n_kv_heads), *rope)
-        v = self.heads(v_new, self.a.n_kv_heads) if v is None else v
+        a = self.a
+        qk, v_new = self.project(normed)
+        if keep is not None:  # queries of the kept rows only
+            q, k = qk.split([a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim], dim=-1)
+            x, q = gather_rows(x, keep), gather_rows(q, keep)
+            q = apply_rope(self.heads(q, a.n_heads), *(gather_rows(t, keep) for t in rope))
+            k = apply_rope(self.heads(k, a.n_kv_heads), *rope)
+        else:  # one rotation for Q and K together (elementwise: the same bits as two)
+            qk = apply_rope(self.heads(qk, a.n_heads + a.n_kv_heads), *rope)
+            q, k = qk.split([a.n_heads, a.n_kv_heads], dim=1)
+        v = self.heads(v_new, a.n_kv_heads) if v is None else v
         if handle is not None:
             k, v = handle.update(rows, k, v)
-        attn = self.attention(q, rope, k, v, key_mask)
+        attn = self.attention(q, k, v, key_mask)
         h = x + attn
         mlp = self.mlp(h)
         return h + mlp, attn, mlp
@@ -288,9 +292,11 @@ class Transformer(nn.Module):
             x = self.embed(gather_rows(canvas, rows))  # [B, N, D]
             rope = (gather_rows(cache.rope[0], rows), gather_rows(cache.rope[1], rows))
             where, found = _positions_in(rows, plan.out_rows)
-        for layer, handle in zip(self.layers, cache.layers, strict=True):
-            x = layer.step(x, rope, key_mask, handle, at)[0]
-        hidden = gather_rows(x, where) * found[..., None]  # [B, M, D]
+        last = len(self.layers) - 1
+        for i, (layer, handle) in enumerate(zip(self.layers, cache.layers, strict=True)):
+            # the last layer: K/V of every carried row, the rest for the decision rows only
+            x = layer.step(x, rope, key_mask, handle, at, keep=where if i == last else None)[0]
+        hidden = x * found[..., None]  # [B, M, D]
         return hidden, n[:, None].expand(-1, len(self.layers)).clone()
 
     def _run_layered(self, canvas, key_mask, plan, cache, warm):
