@@ -127,30 +127,32 @@ class LayerInput:
             self.gen_v = self.layer.values(self.normed[:, self.P :])
         return self.gen_v
 
-    def signals(self, b: int, warm: bool) -> LayerSignals:
-        return LayerSignals(self, b, warm)
+    def signals(self, b: int, warm: bool, gen_len: int | None = None) -> LayerSignals:
+        return LayerSignals(self, b, warm, gen_len)
 
 
 class LayerSignals:
-    """What one row's plan may read about a layer's input before choosing its rows."""
+    """What one row's plan may read about a layer's input before choosing its rows, over that
+    row's `gen_len` generated rows."""
 
-    def __init__(self, inp: LayerInput, b: int, warm: bool):
+    def __init__(self, inp: LayerInput, b: int, warm: bool, gen_len: int | None = None):
         self._inp = inp
         self._b = b
+        self._G = inp.x.shape[1] - inp.P if gen_len is None else gen_len
         self.layer = inp.handle.layer
         self.warm = warm  # this row's cache holds an earlier step (False on its cold start)
 
     def gen_input(self) -> Tensor:
         """[1, G, D] the normalised layer input of the generated rows (Dynamic-dLLM's x proxy)."""
-        b = self._b
-        return self._inp.normed[b : b + 1, self._inp.P :]
+        b, P = self._b, self._inp.P
+        return self._inp.normed[b : b + 1, P : P + self._G]
 
     def v_moved(self) -> Tensor:
         """[1, G] 1 - cos(fresh V, cached V) of every generated row, heads concatenated (the V
         proxy of dLLM-Cache and Dynamic-dLLM's released code)."""
-        b, P = self._b, self._inp.P
-        fresh = _flat_heads(self._inp.gen_values()[b : b + 1])
-        cached = _flat_heads(self._inp.handle.v[b : b + 1, :, P:])
+        b, P, G = self._b, self._inp.P, self._G
+        fresh = _flat_heads(self._inp.gen_values()[b : b + 1, :, :G])
+        cached = _flat_heads(self._inp.handle.v[b : b + 1, :, P : P + G])
         return 1 - torch.cosine_similarity(fresh, cached, dim=-1)
 
 

@@ -15,13 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unmask.cache import Cache
+from unmask.engine import Engine, Row, eos_exit  # noqa: F401  (eos_exit: part of this API)
 from unmask.models.load import Loaded
 from unmask.policies.blocks import Block
-from unmask.policies.refresh import FixedPlan
-from unmask.policies.unmasking import top_k_mask
 from unmask.recipe import Recipe
-from unmask.step import RowState, RowView, StepPlan
 
 DEFAULT_GEN_LEN = 64
 DEFAULT_BLOCK_LEN = 32
@@ -153,33 +150,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@dataclass(eq=False)
-class _Row:
-    """One row of a batch: its state, its policies' view of it, its own policy instances."""
-
-    state: RowState
-    view: RowView
-    recipe: Recipe
-    warm: bool = False  # its cache holds an earlier step
-    cells: int = 0  # (position x layer) cells recomputed
-    v_only: int = 0
-
-    @property
-    def wants_gen_logits(self) -> bool:
-        return any(p.wants_gen_logits for p in self.recipe.policies)
-
-    def open_block(self) -> Block:
-        """The row's current block, opening the next one with masks in it once it has none."""
-        s = self.state
-        while s.block is None or not bool(self.view.masked[:, self.view.cols(s.block)].any()):
-            start = 0 if s.block is None else s.block.end
-            if start >= s.gen_len:
-                raise RuntimeError("masks left behind the last block: a policy wrote outside it")
-            s.block = self.recipe.blocks.next_block(start, self.view)
-            s.step_in_block = 0
-        return s.block
-
-
 @torch.no_grad()
 def stream_generate(
     lm: Loaded,
@@ -191,11 +161,11 @@ def stream_generate(
     chat: bool = True,
     stop: list[str] | None = None,
 ) -> Iterator[StepEvent]:
-    """Decode `prompts` as one batch (left-padded so the generated regions align). Every row
-    runs its own copy of the recipe's policies and its own random stream, seeded alike, so a
-    prompt decodes the same alone or in any batch; the rows share each forward."""
-    model, a = lm.model, lm.args
-    device = next(model.parameters()).device
+    """Decode `prompts` as one batch. Every row runs its own copy of the recipe's policies and
+    its own random stream, seeded alike, so a prompt decodes the same alone or in any batch;
+    the rows share each forward (engine.py)."""
+    a = lm.args
+    device = next(lm.model.parameters()).device
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     G = next(n for n in (recipe.gen_len, gen_len, DEFAULT_GEN_LEN) if n is not None)
     if G <= 0:
@@ -204,162 +174,47 @@ def stream_generate(
     if L <= 0:
         raise ValueError(f"block_len must be > 0, got {L}")
     ids = encode_prompts(lm, prompts, chat)
-    B, P = len(ids), max(len(i) for i in ids)
-    T = P + G
-    if T > a.max_seq_len:
-        raise ValueError(f"prompt ({P}) + gen_len ({G}) = {T} exceeds the model's {a.max_seq_len}")
-
+    P = max(len(i) for i in ids)
+    if P + G > a.max_seq_len:
+        raise ValueError(
+            f"prompt ({P}) + gen_len ({G}) = {P + G} exceeds the model's {a.max_seq_len}"
+        )
     _sync(device)
     t0 = time.perf_counter()
-    lens = torch.tensor([len(i) for i in ids], device=device)
-    canvas = torch.full((B, T), a.eos_id, dtype=torch.long, device=device)  # [B, T]
-    for b, row in enumerate(ids):
-        canvas[b, P - len(row) : P] = torch.tensor(row, device=device)
-    canvas[:, P:] = a.mask_id
-    pad = P - lens  # [B]
-    col = torch.arange(T, device=device)
-    pos = (col - pad[:, None]).clamp(min=0)  # [B, T] each row's own positions, as if unpadded
-    key_mask = (col >= pad[:, None]) if bool((pad > 0).any()) else None  # [B, T]
-    cache = Cache(
-        a.n_layers,
-        B,
-        a.n_kv_heads,
-        T,
-        a.head_dim,
-        a.d_model,
-        next(model.parameters()).dtype,
-        device,
-    )
-    rows: list[_Row] = []
-    for b in range(B):
-        state = RowState(
-            canvas=canvas[b : b + 1],
-            gen_start=P,
-            gen_len=G,
-            block_len=L,
-            n_layers=a.n_layers,
-            mask_id=a.mask_id,
-            logit_shift=a.logit_shift,
-            temperature=recipe.temperature,
-            generator=torch.Generator().manual_seed(recipe.seed),
-        )
-        row = _Row(state, RowView(state), recipe.fresh())
-        for p in row.recipe.policies:
-            p.reset(row.view)
-        rows.append(row)
-    shift = 1 if a.logit_shift else 0
-    stop_ids = torch.tensor(lm.stop_ids, device=device)
-    idle = FixedPlan(torch.zeros_like(canvas[:1], dtype=torch.bool), gen_only=True)  # finished
-
+    engine = Engine(lm)
+    rows = [engine.add(i, recipe, G, L) for i in ids]
     while True:
-        alive = (canvas[:, P:] == a.mask_id).any(-1).tolist()  # [B] rows still decoding
-        # 1) block and 2) plan, per row: a cold cache is filled by a full pass whatever the policy
-        plans, spans = [], []
-        need = torch.zeros_like(canvas, dtype=torch.bool)  # [B, T] decision rows kept fresh
-        for b, row in enumerate(rows):
-            if not alive[b]:
-                plans.append(idle)
-                spans.append((P, P + 1))
-                continue
-            cols = row.view.cols(row.open_block())
-            refresh = row.recipe.refresh
-            plans.append(refresh.plan(row.view) if row.warm else refresh.cold_plan(row.view))
-            # Only still-masked positions need fresh decisions; a cache policy's stale rows stay
-            # so, unless a policy reads every generated position's logits (APD's thresholds).
-            if row.wants_gen_logits:
-                spans.append((P, P + G))
-                need[b, P - shift : P + G - shift] = True
-            else:
-                spans.append((cols.start, cols.stop))
-                need[b, cols.start - shift : cols.stop - shift] = canvas[b, cols] == a.mask_id
-        # 3) forward: hidden states of the decision rows only (Dream reads position p at p-1)
-        M = max(hi - lo for lo, hi in spans)
-        out_rows = torch.stack(
-            [torch.arange(lo, lo + M, device=device).clamp(max=hi - 1) - shift for lo, hi in spans]
-        )  # [B, M], a short row repeats its last decision row
-        plan = StepPlan(plans, out_rows, need, key_mask, P)
-        hidden, step_rows = model.run(
-            canvas, pos, key_mask, plan, cache, warm=[r.warm for r in rows]
-        )
-        logits = model.compute_logits(hidden)  # [B, M, V]
-        logits[..., a.mask_id] = float("-inf")  # MASK is never a candidate: reveals are final
-        step_cells = step_rows.cpu()  # [B, n_layers]
-        v_only = cache.take_v_only().cpu()  # one read per step
-        done: list[tuple[int, Tensor, Tensor, Tensor, Tensor]] = []
-        for b, row in enumerate(rows):
-            if not alive[b]:
-                continue
-            s, block = row.state, row.state.block
-            cols = row.view.cols(block)
-            row.warm = True
-            s.nfe += 1
-            row.cells += int(step_cells[b].sum())
-            row.v_only += int(v_only[b])
-            lo, hi = spans[b]
-            lg = logits[b : b + 1, : hi - lo]
-            if row.wants_gen_logits:
-                s.gen_logits = lg  # [1, G, V]
-                lg = lg[:, cols.start - P : cols.stop - P]
-            s.logits = lg  # [1, L, V]
-            # 4) score
-            cand, conf = row.recipe.scorer.score(lg, row.view)  # [1, L]
-            # 5) unmask: the rule proposes, the engine enforces masked-only and >= 1 per row
-            masked_blk = canvas[b : b + 1, cols] == a.mask_id  # [1, L]
-            reveal = row.recipe.unmask.select(conf, masked_blk, row.view) & masked_blk
-            if not bool(reveal.any()):
-                reveal = top_k_mask(conf, masked_blk, torch.ones(1, dtype=torch.long))
-            canvas[b : b + 1, cols] = torch.where(reveal, cand, canvas[b : b + 1, cols])
-            if row.recipe.eos_exit:
-                eos_exit(canvas[b : b + 1, P:], stop_ids, a.mask_id, a.eos_id)
-            done.append((b, masked_blk, reveal, cand, conf))
-        # 6) observe: each row's policies see that row's event
-        finished = not bool((canvas[:, P:] == a.mask_id).any())
-        events = []
-        for b, masked_blk, reveal, cand, conf in done:
-            row = rows[b]
-            s = row.state
-            event = StepEvent(
-                step=s.step,
-                batch_index=b,
-                block=s.block,
-                step_in_block=s.step_in_block,
-                masked=masked_blk,
-                reveal=reveal,
-                cand=cand,
-                conf=conf,
-                nfe=s.nfe,
-                rows=step_rows[b : b + 1],
-                elapsed_s=time.perf_counter() - t0,
-            )
-            for p in row.recipe.policies:
-                p.observe(event)
-                event.info.update(p.info)
-            events.append(event)
-        if finished:
+        events = engine.step(t0)
+        if all(r.finished for r in rows):
             _sync(device)
             wall = time.perf_counter() - t0
-            events[-1].outputs = _outputs(lm, canvas[:, P:].tolist(), lens, rows, wall, stop)
-        yield from events
-        if finished:
+            events[-1].outputs = [output(lm, r, wall, stop) for r in rows]
+            yield from events
             return
-        for b, *_ in done:
-            rows[b].state.step += 1
-            rows[b].state.step_in_block += 1
+        yield from events
 
 
-def eos_exit(gen: Tensor, stop_ids: Tensor, mask_id: int, eos_id: int) -> Tensor:
-    """In place on the generated region gen [B, G]: a row whose first revealed EOS/EOT has every
-    position before it revealed is finished; its remaining masks become EOS. The answer text
-    (everything before that first stop token) is final, as revealed tokens never change.
-    Returns the rows that exited [B]."""
-    stop = torch.isin(gen, stop_ids)  # [B, G]
-    masked = gen == mask_id
-    has = stop.any(-1)
-    first = torch.where(has, stop.int().argmax(-1), gen.shape[1])
-    before = masked & (torch.arange(gen.shape[1], device=gen.device) < first[:, None])
-    exited = has & ~before.any(-1) & masked.any(-1)
-    gen.masked_fill_(masked & exited[:, None], eos_id)
-    return exited
+def output(lm: Loaded, row: Row, wall: float, stop: list[str] | None) -> Output:
+    """A finished row's text (cut at its first EOS/EOT and at `stop` strings) and metrics."""
+    ids = row.gen_ids
+    stops = set(lm.stop_ids)
+    end = next((i for i, t in enumerate(ids) if t in stops), None)
+    answer = ids if end is None else ids[: end + 1]
+    text = lm.tokenizer.decode(ids if end is None else ids[:end], skip_special_tokens=True)
+    for s in stop or ():
+        text = text.split(s, 1)[0]
+    m = Metrics(
+        nfe=row.state.nfe,
+        rows=row.cells,
+        n_layers=lm.args.n_layers,
+        prompt_tokens=row.P,
+        answer_tokens=len(answer),
+        all_tokens=len(ids),
+        wall_s=wall,
+        v_only_rows=row.v_only,
+        v_cost=v_cost(lm.args),
+    )
+    return Output(text=text.strip(), ids=ids, metrics=m)
 
 
 def v_cost(a) -> float:
@@ -369,30 +224,6 @@ def v_cost(a) -> float:
     v = d * a.n_kv_heads * hd
     row = 2 * d * a.n_heads * hd + 2 * v + 3 * d * a.mlp_hidden
     return v / row
-
-
-def _outputs(lm, gen_ids, lens, rows: list[_Row], wall, stop) -> list[Output]:
-    outs = []
-    stops = set(lm.stop_ids)
-    for b, ids in enumerate(gen_ids):
-        end = next((i for i, t in enumerate(ids) if t in stops), None)
-        answer = ids if end is None else ids[: end + 1]
-        text = lm.tokenizer.decode(ids if end is None else ids[:end], skip_special_tokens=True)
-        for s in stop or ():
-            text = text.split(s, 1)[0]
-        m = Metrics(
-            nfe=rows[b].state.nfe,
-            rows=rows[b].cells,
-            n_layers=lm.args.n_layers,
-            prompt_tokens=int(lens[b]),
-            answer_tokens=len(answer),
-            all_tokens=len(ids),
-            wall_s=wall,
-            v_only_rows=rows[b].v_only,
-            v_cost=v_cost(lm.args),
-        )
-        outs.append(Output(text=text.strip(), ids=ids, metrics=m))
-    return outs
 
 
 def generate(lm: Loaded, prompts: str | list[str], recipe: Recipe, **kw: Any) -> list[Output]:

@@ -128,14 +128,16 @@ class RowPlan(Protocol):
 
 @dataclass
 class StepPlan:
-    """The batch's step, made before the forward: per row its plan; the decision rows whose
-    final hidden states come back; which of them must be fresh; the non-padding columns."""
+    """The batch's step, made before the forward: per row its plan (in batch columns); the
+    decision rows whose final hidden states come back; which of them must be fresh; the
+    non-padding columns; where generated regions start and how long each is."""
 
     rows: list[RowPlan]  # per batch row
     out_rows: Tensor  # [B, M] canvas rows whose final hidden states are returned
     need: Tensor  # [B, T] rows among them that must be recomputed at every layer
-    valid: Tensor | None = None  # [B, T] columns that are not left padding (None: all are)
-    gen_start: int = 0
+    valid: Tensor | None = None  # [B, T] columns that are not padding (None: all are)
+    gen_start: int = 0  # the batch column where every row's generated region starts
+    gen_lens: list[int] | None = None  # each row's generated length (None: all to the end)
 
     @property
     def batch(self) -> int:

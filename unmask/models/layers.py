@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unmask.cache import Cache, LayerCache, LayerInput
-from unmask.step import StepPlan
+from unmask.step import LayerRows, StepPlan
 
 
 @dataclass
@@ -273,7 +273,7 @@ class Transformer(nn.Module):
             rows, n = mask_to_rows(mask)
             return self._run_fixed(canvas, key_mask, plan, cache, rows, n)
         warm = [True] * plan.batch if warm is None else warm
-        return self._run_layered(canvas, key_mask, plan, cache, warm)
+        return self._run_layered(canvas, key_mask, plan, cache, warm, fixed)
 
     def _run_fixed(self, canvas, key_mask, plan, cache, rows, n):
         # The same rows at every layer: carry only those rows; everything else is read from K/V.
@@ -299,20 +299,30 @@ class Transformer(nn.Module):
         hidden = x * found[..., None]  # [B, M, D]
         return hidden, n[:, None].expand(-1, len(self.layers)).clone()
 
-    def _run_layered(self, canvas, key_mask, plan, cache, warm):
+    def _run_layered(self, canvas, key_mask, plan, cache, warm, fixed):
         # Per-layer row sets: carry the whole residual stream; rows a layer skips take its cached
         # attention and MLP contributions (the dLLM-Cache / Dynamic-dLLM feature cache).
         rope_all = cache.rope
         x = self.embed(canvas)  # [B, T, D]
         B, T = canvas.shape
         P = plan.gen_start
+        lens = plan.gen_lens or [T - P] * B
+        gen_lens = torch.tensor(lens, device=x.device)
         # Rows per sample and layer stay on the device: no host sync inside the forward.
         counts = torch.zeros(B, len(self.layers), dtype=torch.long, device=x.device)
         for i, (layer, handle) in enumerate(zip(self.layers, cache.layers, strict=True)):
             inp = LayerInput(x, layer, handle, P)
-            picks = [p.layer_rows(i, inp.signals(b, warm[b])) for b, p in enumerate(plan.rows)]
-            if all(r.mask is None for r in picks):  # every row (left padding too: it is masked)
-                cache.v_only += _v_only(inp, None, False)
+            picks = [
+                LayerRows(fixed[b] | plan.need[b : b + 1], gen_only=r.gen_only)
+                if fixed[b] is not None  # a fixed-rows plan in a per-layer batch (mixed recipes)
+                else r
+                for b, r in enumerate(
+                    p.layer_rows(i, inp.signals(b, warm[b], lens[b]))
+                    for b, p in enumerate(plan.rows)
+                )
+            ]
+            if all(r.mask is None for r in picks):  # every row (padding too: it is masked)
+                cache.v_only += _v_only(inp, None, False, gen_lens)
                 out, attn, mlp = layer.step(x, rope_all, key_mask, handle, normed=inp.normed)
                 handle.write_features(None, attn, mlp)
                 counts[:, i] = T if plan.valid is None else plan.valid.sum(-1)
@@ -346,7 +356,7 @@ class Transformer(nn.Module):
                         .expand(-1, inp.gen_v.shape[1], -1, inp.gen_v.shape[3])
                     )
                     v, reused = inp.gen_v.gather(2, idx), True
-            cache.v_only += _v_only(inp, mask, reused)
+            cache.v_only += _v_only(inp, mask, reused, gen_lens)
             _, attn, mlp = layer.step(
                 gather_rows(x, rows), rope, key_mask, handle, rows, normed=normed, v=v
             )
@@ -356,15 +366,15 @@ class Transformer(nn.Module):
         return gather_rows(x, plan.out_rows), counts
 
 
-def _v_only(inp: LayerInput, mask: Tensor | None, reused: bool) -> Tensor | int:
+def _v_only(inp: LayerInput, mask: Tensor | None, reused: bool, gen_lens: Tensor) -> Tensor | int:
     """Generated rows whose V this layer projected although it does not recompute them (per
-    sample [B], or 0), given the layer's row mask [B, T] (None: every row recomputed)."""
+    sample [B], or 0), given the layer's row mask [B, T] (None: every row recomputed) and each
+    sample's generated length [B]."""
     if inp.gen_v is None:
         return 0
-    G = inp.gen_v.shape[2]
     if mask is None or not reused:
-        return G  # the recomputed rows projected their V again: all of them were extra
-    return G - mask[:, inp.x.shape[1] - G :].sum(-1)
+        return gen_lens  # the recomputed rows projected their V again: all of them were extra
+    return gen_lens - mask[:, inp.P :].sum(-1)
 
 
 def mask_to_rows(mask: Tensor, n: int | None = None) -> tuple[Tensor, Tensor]:
