@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 		echo "note: bubblewrap is not installed, so humaneval grading is refused; install it"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,evals,lmeval]'
+	$(BIN)/pip install --quiet -e '.[dev,evals,lmeval,serve]'
 	$(BIN)/python -m unmask.lm_eval_plugin install >/dev/null
 	touch $@
 
