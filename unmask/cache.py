@@ -54,9 +54,32 @@ class Cache:
 
     def features(self) -> tuple[Tensor, Tensor]:
         if self.attn is None:
-            self.attn = torch.zeros(self.shape_features, dtype=self.k.dtype, device=self.k.device)
-            self.mlp = torch.zeros_like(self.attn)
+            parent = getattr(self, "_parent", None)
+            if parent is not None:  # a row's view: the buffers live in the batch's cache
+                cache, b, lo, hi = parent
+                A, M = cache.features()
+                self.attn, self.mlp = A[:, b : b + 1, lo:hi], M[:, b : b + 1, lo:hi]
+            else:
+                shape, k = self.shape_features, self.k
+                self.attn = torch.zeros(shape, dtype=k.dtype, device=k.device)
+                self.mlp = torch.zeros_like(self.attn)
         return self.attn, self.mlp
+
+    def row_view(self, b: int, lo: int, hi: int) -> Cache:
+        """Row b's columns [lo, hi) as a one-row cache sharing this one's storage: a forward of
+        that row alone, in its own coordinates, reads and writes the batch's buffers."""
+        view = Cache.__new__(Cache)
+        view.k = self.k[:, b : b + 1, :, lo:hi]
+        view.v = self.v[:, b : b + 1, :, lo:hi]
+        view.attn = None if self.attn is None else self.attn[:, b : b + 1, lo:hi]
+        view.mlp = None if self.mlp is None else self.mlp[:, b : b + 1, lo:hi]
+        n_layers, _, _, D = self.shape_features
+        view.shape_features = (n_layers, 1, hi - lo, D)
+        view.layers = [LayerCache(view, i) for i in range(n_layers)]
+        view.rope = None
+        view.v_only = torch.zeros(1, dtype=torch.long, device=self.k.device)
+        view._parent = (self, b, lo, hi)
+        return view
 
 
 class LayerCache:

@@ -43,6 +43,7 @@ class Row:
     finished: bool = False  # no MASK left in its generated region
     t_done: float | None = None
     _slot: int | None = field(default=None, repr=False)  # its place in the current layout
+    _rope: tuple[Tensor, Tensor] | None = field(default=None, repr=False)  # its own positions'
 
     @property
     def P(self) -> int:
@@ -208,6 +209,21 @@ class Engine:
 
     # ---- one step --------------------------------------------------------------------------
 
+    def _alone(self, b: int, row: Row, plan, lo: int, n: int) -> tuple[Tensor, Tensor, int]:
+        """Row b's forward by itself, in its own columns [0, P_b + G_b) (decision rows from its
+        own column lo, n of them): logits [n, V], cells per layer, V-only cells."""
+        T_b = row.P + row.G
+        off = self.P - row.P
+        cache = self.cache.row_view(b, off, off + T_b)
+        cache.rope = row._rope
+        out = (torch.arange(lo, lo + n, device=self.device) - self.shift)[None]
+        need = _solo_need(row, lo, n, self.shift)
+        plan = StepPlan([plan], out, need, None, row.P, [row.G])
+        pos = torch.arange(T_b, device=self.device)[None]
+        hidden, cells = self.lm.model.run(row.state.canvas, pos, None, plan, cache, [row.warm])
+        row._rope = cache.rope
+        return self.lm.model.compute_logits(hidden)[0], cells[0].cpu(), int(cache.take_v_only())
+
     @torch.no_grad()
     def step(self, t0: float | None = None) -> list:
         """One forward over every live row; returns their StepEvents in batch order. A row that
@@ -220,7 +236,7 @@ class Engine:
             self._layout()
         a, P, canvas = self.lm.args, self.P, self.canvas
         shift = self.shift
-        plans, spans, alive = [], [], []
+        plans, spans, alive, local = [], [], [], {}
         need = torch.zeros_like(canvas, dtype=torch.bool)  # [B, T] decision rows kept fresh
         idle = FixedPlan(torch.zeros_like(canvas[:1], dtype=torch.bool), gen_only=True)
         for b, row in enumerate(self.rows):
@@ -233,6 +249,7 @@ class Engine:
             cols = row.view.cols(row.open_block())
             refresh = row.recipe.refresh
             plan = refresh.plan(row.view) if row.warm else refresh.cold_plan(row.view)
+            local[b] = plan
             plans.append(Placed(plan, off, canvas.shape[1]))
             # Only still-masked positions need fresh decisions; a cache policy's stale rows stay
             # so, unless a policy reads every generated position's logits (APD's thresholds).
@@ -251,16 +268,29 @@ class Engine:
                 for lo, hi in spans
             ]
         )  # [B, M], a short row repeats its last decision row
+        model = self.lm.model
+        # Rows with per-layer plans beside rows with fixed ones (mixed recipes) run alone, each
+        # in its own columns on a view of the batch's cache; the others share one forward.
+        layered = {b: p for b, p in local.items() if p.fixed_rows() is None}
+        if len(layered) == len(local):
+            layered = {}  # all alike: the batched per-layer path serves them together
+        for b in layered:
+            plans[b] = idle
+            need[b] = False
         gen_lens = [r.G for r in self.rows]
         plan = StepPlan(plans, out_rows, need, self.key_mask, P, gen_lens)
-        model = self.lm.model
-        hidden, step_rows = model.run(
-            canvas, self.pos, self.key_mask, plan, self.cache, warm=[r.warm for r in self.rows]
-        )
+        warm = [r.warm for r in self.rows]
+        hidden, step_rows = model.run(canvas, self.pos, self.key_mask, plan, self.cache, warm)
         logits = model.compute_logits(hidden)  # [B, M, V]
-        logits[..., a.mask_id] = float("-inf")  # MASK is never a candidate: reveals are final
         step_cells = step_rows.cpu()  # [B, n_layers]
         v_only = self.cache.take_v_only().cpu()  # one read per step
+        for b, plan in layered.items():
+            lo, hi = spans[b]
+            logits[b, : hi - lo], step_cells[b], v_only[b] = self._alone(
+                b, self.rows[b], plan, lo - (P - self.rows[b].P), hi - lo
+            )
+        step_rows = step_cells
+        logits[..., a.mask_id] = float("-inf")  # MASK is never a candidate: reveals are final
         decided = []
         for b, row in enumerate(self.rows):
             if not alive[b]:
@@ -315,6 +345,15 @@ class Engine:
             if not bool((s.canvas[:, row.P :] == a.mask_id).any()):
                 row.finished, row.t_done = True, now
         return events
+
+
+def _solo_need(row: Row, lo: int, n: int, shift: int) -> Tensor:
+    need = torch.zeros_like(row.state.canvas, dtype=torch.bool)
+    if row.wants_gen_logits:
+        need[:, lo - shift : lo + n - shift] = True
+    else:
+        need[:, lo - shift : lo + n - shift] = row.state.canvas[:, lo : lo + n] == row.state.mask_id
+    return need
 
 
 def eos_exit(gen: Tensor, stop_ids: Tensor, mask_id: int, eos_id: int) -> Tensor:

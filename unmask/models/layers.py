@@ -270,6 +270,8 @@ class Transformer(nn.Module):
             mask = torch.cat(fixed) | plan.need
             if plan.valid is not None:
                 mask &= plan.valid
+            if plan.batch > 1:
+                return self._run_packed(canvas, plan, cache, mask)
             rows, n = mask_to_rows(mask)
             return self._run_fixed(canvas, key_mask, plan, cache, rows, n)
         warm = [True] * plan.batch if warm is None else warm
@@ -297,6 +299,55 @@ class Transformer(nn.Module):
             # the last layer: K/V of every carried row, the rest for the decision rows only
             x = layer.step(x, rope, key_mask, handle, at, keep=where if i == last else None)[0]
         hidden = x * found[..., None]  # [B, M, D]
+        return hidden, n[:, None].expand(-1, len(self.layers)).clone()
+
+    def _run_packed(self, canvas, plan, cache, mask):
+        # Several rows, each with its own fixed rows: their rows are packed into one sequence
+        # for every row-wise matmul (no padding to the longest row), and each row attends to
+        # its own columns alone, as it would by itself.
+        B, T = canvas.shape
+        bidx, tidx = mask.nonzero(as_tuple=True)  # [S] in row order, ascending columns
+        n = mask.sum(-1)  # [B]
+        seg = [0, *torch.cumsum(n, 0).tolist()]
+        valid = plan.valid
+        spans = []
+        for b in range(B):
+            if valid is None:
+                spans.append((0, T))
+            else:
+                cols = valid[b].nonzero().flatten()
+                spans.append((int(cols[0]), int(cols[-1]) + 1))
+        x = self.embed(canvas[bidx, tidx])[None]  # [1, S, D]
+        rope = (cache.rope[0][bidx, tidx][None], cache.rope[1][bidx, tidx][None])
+        a = self.args
+        for layer, handle in zip(self.layers, cache.layers, strict=True):
+            normed = layer.attn_norm(x)
+            qk, v = layer.project(normed)
+            qk = apply_rope(layer.heads(qk, a.n_heads + a.n_kv_heads), *rope)
+            q, k = qk.split([a.n_heads, a.n_kv_heads], dim=1)  # [1, H, S, Dh]
+            v = layer.heads(v, a.n_kv_heads)
+            handle.k[bidx, :, tidx] = k[0].transpose(0, 1)
+            handle.v[bidx, :, tidx] = v[0].transpose(0, 1)
+            outs = []
+            for b in range(B):
+                if seg[b + 1] == seg[b]:
+                    continue
+                lo, hi = spans[b]
+                qb = q[:, :, seg[b] : seg[b + 1]]
+                kb, vb = handle.k[b : b + 1, :, lo:hi], handle.v[b : b + 1, :, lo:hi]
+                outs.append(
+                    F.scaled_dot_product_attention(qb, kb, vb, enable_gqa=a.n_kv_heads != a.n_heads)
+                )
+            if not outs:  # every row idle
+                break
+            att = torch.cat(outs, dim=2)  # [1, H, S, Dh]
+            attn = layer.o_proj(att.transpose(1, 2).reshape(1, -1, a.n_heads * a.head_dim))
+            h = x + attn
+            x = h + layer.mlp(h)
+        where = torch.full((B, T), -1, dtype=torch.long, device=canvas.device)
+        where[bidx, tidx] = torch.arange(bidx.shape[0], device=canvas.device)
+        at = where.gather(1, plan.out_rows)  # [B, M]
+        hidden = x[0][at.clamp(min=0)] * (at >= 0)[..., None]  # [B, M, D]
         return hidden, n[:, None].expand(-1, len(self.layers)).clone()
 
     def _run_layered(self, canvas, key_mask, plan, cache, warm, fixed):

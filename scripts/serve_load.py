@@ -1,0 +1,81 @@
+"""Load test of `unmask serve` on loopback: N requests (mixed recipes and lengths) from C
+concurrent clients, then the same requests one at a time, against one in-process server.
+Checks every answer equals its solo `generate` and prints requests/s and tokens/s of both.
+
+    python scripts/serve_load.py --model tiny-llada --n 64 --clients 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import uvicorn
+
+from unmask.generate import generate
+from unmask.models.load import load
+from unmask.recipe import parse
+from unmask.serve import Limits, build_app
+from unmask.tasks import get_task
+
+RECIPES = ["vanilla", "fast-dllm", "cadllm", "dynamic-dllm"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny-llada")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--clients", type=int, default=16)
+    a = p.parse_args()
+    lm = load(a.model)
+    prompts = [s.prompt for s in get_task("arith", shots=0).samples("test", a.n)]
+    jobs = [(prompts[i], RECIPES[i % 4], (16, 32, 48, 64)[i // 4 % 4]) for i in range(a.n)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    limits = Limits(max_rows=a.clients, max_queue=a.n, timeout_s=600)
+    app = build_app(lm, a.model, "fast-dllm", limits)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=srv.run, daemon=True).start()
+    while not srv.started:
+        time.sleep(0.05)
+    c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600)
+
+    def ask(job):
+        prompt, spec, n = job
+        r = c.chat.completions.create(
+            model=a.model,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=n,
+            extra_body={"recipe": spec},
+        )
+        return r.choices[0].message.content, r.usage.completion_tokens
+
+    ask(jobs[0])  # warm-up
+    t = time.perf_counter()
+    with ThreadPoolExecutor(a.clients) as pool:
+        together = list(pool.map(ask, jobs))
+    t_together = time.perf_counter() - t
+    t = time.perf_counter()
+    alone = [ask(j) for j in jobs]
+    t_alone = time.perf_counter() - t
+    srv.should_exit = True
+    same = sum(x[0] == y[0] for x, y in zip(together, alone, strict=True))
+    solo = sum(
+        x[0] == generate(lm, pr, parse(spec), gen_len=n)[0].text
+        for x, (pr, spec, n) in zip(together, jobs, strict=True)
+    )
+    tokens = sum(x[1] for x in together)
+    print(f"{a.n} requests ({', '.join(RECIPES)}; max_tokens 16-64), {a.clients} clients")
+    print(f"answers equal to one-at-a-time: {same}/{a.n}; equal to solo generate: {solo}/{a.n}")
+    for name, wall in ((f"{a.clients} concurrent", t_together), ("one at a time", t_alone)):
+        print(f"{name:14s}: {wall:7.2f} s  {a.n / wall:6.2f} req/s  {tokens / wall:7.1f} tok/s")
+    print(f"speedup: {t_alone / t_together:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
