@@ -12,6 +12,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get update -qq >/dev/null && apt-get install -y -qq bubblewrap >/dev/null; } || \
 		echo "note: bubblewrap is not installed, so humaneval grading is refused; install it"
+	@# chromium drives the test of the server's live page (tests/test_page.py skips without it).
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		echo "note: chromium-driver is not installed, so the page test is skipped"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,evals,lmeval,serve]'
