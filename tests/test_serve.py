@@ -251,3 +251,50 @@ def test_models_health_and_page(server):
         assert json.loads(r.read()) == {"status": "ok"}
     with urllib.request.urlopen(url + "/") as r:
         assert "denoise" in r.read().decode()
+
+
+@pytest.fixture
+def small_server():
+    """A server with one live row, one queue place and a 1.5 s timeout."""
+    lm = load("tiny-llada")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = build_app(lm, "tiny-llada", "vanilla", Limits(max_rows=1, max_queue=1, timeout_s=1.5))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app.state.scheduler
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_full_queue_gets_429_with_retry_after(small_server):
+    url, sched = small_server
+    slow = json.dumps({"prompt": PROMPTS[0], "max_tokens": 512, "recipe": "vanilla"})
+    deadline = time.time() + 20
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, url, slow)  # takes the one row
+        while sched.snapshot()["live_rows"] < 1:
+            assert time.time() < deadline and not first.done(), first.result()
+            time.sleep(0.01)
+        second = pool.submit(post, url, slow)  # takes the one queue place
+        while sched.snapshot()["queue_depth"] < 1:
+            assert time.time() < deadline and not second.done(), second.result()
+            time.sleep(0.01)
+        req = urllib.request.Request(url + "/v1/completions", slow.encode())
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 429 and e.value.headers["Retry-After"] == "1"
+        assert json.loads(e.value.read())["error"]["type"] == "rate_limit_error"
+        # both held requests run past the 1.5 s timeout: 504, and the rows are freed
+        for f in (first, second):
+            status, err = f.result()
+            assert status == 504 and "ran past" in err["error"]["message"]
+    assert sched.snapshot()["requests_timed_out_total"] >= 1
+    deadline = time.time() + 10
+    while sched.snapshot()["live_rows"]:
+        assert time.time() < deadline
+        time.sleep(0.05)

@@ -188,7 +188,8 @@ class Scheduler:
             if not job.cancelled and now - job.t0 > self.limits.timeout_s:
                 job.cancelled = True
                 self.stats["requests_timed_out_total"] += 1
-                job.put({"error": f"the request ran past the server's {self.limits.timeout_s:g} s"})
+                limit = f"{self.limits.timeout_s:g} s"
+                job.put({"error": f"the request ran past the server's {limit}", "status": 504})
             if job.cancelled or job.done:
                 self.engine.drop(row)
                 del self.jobs[row]
@@ -389,7 +390,7 @@ def build_app(lm, model_name: str, default_recipe: str = "fast-dllm", limits: Li
                 while True:
                     item = await job.events.get()
                     if "error" in item:
-                        return _error(item["error"], 500, kind="server_error")
+                        return _error(item["error"], item.get("status", 500), kind="server_error")
                     if item.get("final"):
                         break
             except asyncio.CancelledError:
