@@ -19,15 +19,23 @@ from unmask.recipe import parse
 from unmask.tasks import get_task
 
 
-def matmul_rate() -> float:
-    """FLOP/s of a large float32 matmul on this machine (the floor's denominator)."""
-    x, w = torch.randn(1024, 1024), torch.randn(1024, 1024)
+def matmul_rate(device: str, dtype: torch.dtype) -> float:
+    """FLOP/s of a large matmul on this device in the model's dtype (the floor's denominator)."""
+    n = 1024 if device == "cpu" else 8192
+    x, w = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         F.linear(x, w)
+    sync(device)
     t, reps = time.perf_counter(), 20
     for _ in range(reps):
         F.linear(x, w)
-    return 2 * 1024**3 * reps / (time.perf_counter() - t)
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def row_flops(a) -> int:
@@ -43,18 +51,22 @@ def main() -> None:
     p.add_argument("--task", default="arith")
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--gen-len", type=int, default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    lm = load(a.model)
-    task = get_task(a.task)
+    lm = load(a.model, device=a.device)
+    task = get_task(a.task, **({"gen_len": a.gen_len} if a.gen_len else {}))
     recipe = parse(a.recipe)
     samples = task.samples("test", a.n)
-    rate = matmul_rate()
+    rate = matmul_rate(a.device, next(lm.model.parameters()).dtype)
     run, log = lm.model.run, []
 
     def timed(canvas, *args, **kw):
+        sync(a.device)
         t = time.perf_counter()
         hidden, rows = run(canvas, *args, **kw)
+        sync(a.device)
         log.append((time.perf_counter() - t, int(rows.sum()), int(rows[0, 0]) == canvas.shape[1]))
         return hidden, rows
 
