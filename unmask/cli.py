@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from unmask.recipe import PRESETS
 
@@ -277,10 +278,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     samples = task.samples("test", args.n, start=args.start)
     if not samples:
         raise CliError(f"{args.task}: no test samples from index {args.start}")
-    lm = load(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
+    from unmask.dist import rank_device, setup
+
+    group = setup(args.device)
+    device = rank_device(group, args.device)
+    lm = load(args.model, device=_device(device), dtype=_dtype(args.dtype))
     chat = not args.raw
     _fit(lm, task, recipe, args.n, chat, start=args.start)
     samples = task.samples("test", args.n, start=args.start)
+    if group is not None:
+        return _eval_sharded(args, lm, task, recipe, samples, chat, group)
     records = []
     # Records stream to disk as they come and replace the file only at the end (or at an
     # interrupt, holding what was measured); a run that fails leaves an old file as it was.
@@ -327,6 +334,69 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary))
     return 130 if interrupted else 0
+
+
+def _eval_sharded(args, lm, task, recipe, samples, chat, group) -> int:
+    """eval under torchrun: this rank decodes samples i with i % size == rank; rank 0 gathers
+    every record, restores sample order and writes the outputs once."""
+    import itertools
+
+    from tqdm import tqdm
+
+    from unmask.bench import record_dicts, run_samples, summarize
+    from unmask.outputs import RecordStream
+
+    t0 = time.perf_counter()
+    mine = group.shard(samples)
+    bar = None
+    if group.main:
+        desc = f"eval {recipe.name} ({group.size} ranks)"
+        bar = tqdm(total=len(samples), desc=desc, unit="sample")
+    records = []
+    for lo in range(0, len(mine), args.batch):
+        chunk = mine[lo : lo + args.batch]
+        new = run_samples(lm, task, recipe, [s for _, s in chunk], 0, args.batch, chat=chat)
+        for (i, _), r in zip(chunk, new, strict=True):
+            r.index = args.start + i
+        records += new
+        total = group.done(len(chunk))
+        if bar is not None:
+            bar.n = total
+            bar.refresh()
+    gathered = group.gather(records)
+    if not group.main:
+        group.close()
+        return 0
+    records = sorted(itertools.chain.from_iterable(gathered), key=lambda r: r.index)
+    bar.n = len(records)
+    bar.close()
+    stream = RecordStream(args.json)
+    for r in record_dicts(records):
+        stream.write(r)
+    stream.commit()
+    summary = summarize(recipe, records)
+    summary.update(
+        model=str(args.model),
+        task=args.task,
+        start=args.start,
+        shots=task.shots,
+        gen_len=task.gen_len,
+        chat=chat,
+        partial=False,
+        ranks=group.size,
+        # wall_s sums every sample's own decode time over all ranks; elapsed_s is the run's
+        elapsed_s=time.perf_counter() - t0,
+        **_placement(lm),
+    )
+    print(
+        f"{args.task} {recipe.name}: accuracy {summary['accuracy']:.3f} on {summary['n']} "
+        f"over {group.size} ranks, nfe/sample {summary['nfe_per_sample']:.1f}, "
+        f"{summary['elapsed_s']:.1f} s",
+        file=sys.stderr,
+    )
+    print(json.dumps(summary))
+    group.close()
+    return 0
 
 
 def run_bench(
@@ -876,6 +946,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rank() -> str:
+    """' (rank R of N)' under torchrun with several ranks, else ''."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    return f" (rank {os.environ.get('RANK', '?')} of {size})" if size > 1 else ""
+
+
 def _quiet_stdout() -> None:
     """After a failed write to stdout, point it at /dev/null so that the interpreter's own
     flush at exit does not print a second, traceback-like error."""
@@ -896,7 +972,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a full disk behind stdout is an error here, not at exit
         return code
     except (CliError, CheckpointError, SpecError, SandboxUnavailable, ValueError) as e:
-        print(f"unmask {args.command}: error: {e}", file=sys.stderr)
+        print(f"unmask {args.command}: error{_rank()}: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an output that cannot be written
         where = e.filename if e.filename is not None else "standard output"

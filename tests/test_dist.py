@@ -1,0 +1,65 @@
+"""`unmask eval` under torchrun (CPU, gloo, 2 processes): the same records as one process, in
+sample order, written once by rank 0; a failing rank ends the run, naming the rank, within a
+bound, and leaves no output behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+TORCHRUN = shutil.which("torchrun", path=str(BIN)) or shutil.which("torchrun")
+UNMASK = shutil.which("unmask", path=str(BIN))
+pytestmark = pytest.mark.skipif(not (TORCHRUN and UNMASK), reason="torchrun/unmask not on PATH")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "--no-python", "--", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def records(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+
+def test_two_ranks_give_the_records_of_one_process(tmp_path):
+    args = ["eval", "--model", "tiny-llada", "--recipe", "fast-dllm", "--n", "7", "--start", "3"]
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    subprocess.run([UNMASK, *args, "--jsonl", str(one)], check=True, capture_output=True, env=ENV)
+    out = torchrun(UNMASK, *args, "--jsonl", str(two))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert records(two) == records(one)
+    assert [r["index"] for r in records(two)] == list(range(3, 10))
+    summary = json.loads(out.stdout.strip().splitlines()[-1])  # printed once, by rank 0
+    assert len(out.stdout.strip().splitlines()) == 1
+    assert summary["ranks"] == 2 and summary["n"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "two.jsonl"]
+
+
+def test_a_failing_rank_ends_the_run_and_names_itself(tmp_path):
+    script = tmp_path / "fails_on_rank_1.py"
+    script.write_text(
+        "import os, sys\n"
+        "from unmask import bench, cli\n"
+        "real = bench.run_samples\n"
+        "def run(*a, **k):\n"
+        "    if os.environ['RANK'] == '1':\n"
+        "        raise ValueError('this rank failed on purpose')\n"
+        "    return real(*a, **k)\n"
+        "bench.run_samples = run\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    out_file = tmp_path / "out.jsonl"
+    argv = ["eval", "--model", "tiny-llada", "--n", "6", "--jsonl", str(out_file)]
+    out = torchrun(sys.executable, str(script), *argv, timeout=90)  # no hang: a bound
+    assert out.returncode != 0
+    assert "error (rank 1 of 2): this rank failed on purpose" in out.stderr
+    assert not out_file.exists() and [p.name for p in tmp_path.iterdir()] == [script.name]
