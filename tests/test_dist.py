@@ -63,3 +63,15 @@ def test_a_failing_rank_ends_the_run_and_names_itself(tmp_path):
     assert out.returncode != 0
     assert "error (rank 1 of 2): this rank failed on purpose" in out.stderr
     assert not out_file.exists() and [p.name for p in tmp_path.iterdir()] == [script.name]
+
+
+def test_bench_under_two_ranks_gives_the_records_of_one_process(tmp_path):
+    args = ["bench", "--model", "tiny-llada", "--recipes", "vanilla,fast-dllm", "--n", "5"]
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    subprocess.run([UNMASK, *args, "--records", str(one)], check=True, capture_output=True, env=ENV)
+    out = torchrun(UNMASK, *args, "--records", str(two))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert records(two) == records(one)  # sample order, recipes interleaved per sample
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["ranks"] == 2 and "summed decode times" in result["speed"]
+    assert [r["recipe"] for r in result["runs"]] == ["vanilla", "fast-dllm"]

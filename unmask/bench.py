@@ -178,13 +178,19 @@ def bench(
     chat: bool = True,
     start: int = 0,
     on_record: Callable[[Record], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[list[dict], list[Record], bool]:
     """Every recipe on the same n test samples (from index `start`), in interleaved order so
     that machine noise hits all alike, after `warmup` untimed samples per recipe. Each record
     goes to `on_record` as soon as it is measured. An interrupt (Ctrl-C) ends the run early:
     the rows then summarise the samples every recipe finished, and the flag returned is True
-    (partial)."""
+    (partial). `shard` (rank, size): only samples i with i % size == rank, all recipes of a
+    sample still interleaved on this rank (data-parallel runs gather the records and call
+    `summaries`)."""
     samples = task.samples("test", n, start=start)
+    index = list(range(len(samples)))
+    if shard is not None:
+        index = [i for i in index if i % shard[1] == shard[0]]
     for recipe in recipes:
         for s in task.samples("test", warmup, start=start + n) or samples[:warmup]:
             generate(
@@ -195,7 +201,7 @@ def bench(
     width = max(len(r.name) for r in recipes)
     bars = {
         r.name: tqdm(
-            total=len(samples),
+            total=len(index),
             desc=r.name.ljust(width),
             unit="sample",
             position=i,
@@ -205,28 +211,34 @@ def bench(
     }
     done, partial = 0, False
     try:
-        for i, s in enumerate(samples):
+        for k, i in enumerate(index):
             for recipe in recipes:
-                new = run_samples(lm, task, recipe, [s], start=start + i, chat=chat)
+                new = run_samples(lm, task, recipe, [samples[i]], start=start + i, chat=chat)
                 records[recipe.name] += new
                 for r in new if on_record else ():
                     on_record(r)
                 bars[recipe.name].set_postfix(acc=f"{accuracy(records[recipe.name]):.3f}")
                 bars[recipe.name].update(1)
-            done = i + 1
+            done = k + 1
     except KeyboardInterrupt:
         partial = True
     finally:
         for bar in bars.values():
             bar.close()
-    kept = {name: rs[:done] for name, rs in records.items()}
-    rows = [summarize(r, kept[r.name]) for r in recipes] if done else []
+    kept = [x for r in recipes for x in records[r.name][:done]]
+    return (summaries(recipes, kept) if done else []), kept, partial
+
+
+def summaries(recipes: list[Recipe], records: list[Record]) -> list[dict]:
+    """One summary row per recipe from its records, with speedups against the references
+    measured on the same samples."""
+    rows = [summarize(r, [x for x in records if x.recipe == r.name]) for r in recipes]
     for ref in REFERENCES:
         base = next((r for r in rows if r["recipe"] == ref), None)
         for r in rows:
             key = "speedup_vs_" + ref.replace("-", "_")
             r[key] = r["answer_tokens_per_s"] / base["answer_tokens_per_s"] if base else None
-    return rows, [x for r in recipes for x in kept[r.name]], partial
+    return rows
 
 
 def machine(device: torch.device) -> str:

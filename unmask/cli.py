@@ -430,13 +430,18 @@ def run_bench(
     check_output(json_path, "--json")
     check_output(records_path, "--records")
     check_plot(plot_path)
-    lm = load(model, device=_device(device), dtype=_dtype(dtype))
+    from unmask.dist import rank_device, setup
+
+    group = setup(device)
+    lm = load(model, device=_device(rank_device(group, device)), dtype=_dtype(dtype))
     for recipe in recipes:
         _fit(lm, task, recipe, n + warmup, chat, start=start)
     from dataclasses import asdict
 
-    stream = RecordStream(records_path)
-    try:
+    if group is not None:  # data-parallel: rank 0 writes everything once, at the end
+        from unmask.bench import summaries
+
+        shard = (group.rank, group.size)
         rows, records, partial = bench(
             lm,
             task,
@@ -445,8 +450,34 @@ def run_bench(
             warmup=warmup,
             chat=chat,
             start=start,
-            on_record=lambda r: stream.write(asdict(r)),
+            shard=shard,
+            progress=group.main,
         )
+        gathered = group.gather(records)
+        group.close()
+        if not group.main:
+            return {}
+        order = {r.name: k for k, r in enumerate(recipes)}
+        records = sorted(
+            (x for part in gathered for x in part), key=lambda x: (x.index, order[x.recipe])
+        )
+        rows = summaries(recipes, records)
+    stream = RecordStream(records_path)
+    try:
+        if group is None:
+            rows, records, partial = bench(
+                lm,
+                task,
+                recipes,
+                n,
+                warmup=warmup,
+                chat=chat,
+                start=start,
+                on_record=lambda r: stream.write(asdict(r)),
+            )
+        else:
+            for r in records:
+                stream.write(asdict(r))
     except BaseException:
         _keep_measured(stream, "bench")
         raise
@@ -465,6 +496,12 @@ def run_bench(
         "partial": partial,
         "runs": rows,
     }
+    if group is not None:
+        result["ranks"] = group.size
+        result["speed"] = (
+            "per rank: each sample is timed on the rank that decoded it, and tokens/s is tokens "
+            "over the summed decode times of all ranks (not the run's elapsed time)"
+        )
     print(table(rows), file=sys.stderr)
     if partial:
         print(
@@ -518,6 +555,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         start=args.start,
         dtype=args.dtype,
     )
+    if not result:  # a data-parallel rank other than 0: rank 0 reports
+        return 0
     print(json.dumps(result))
     return 130 if result["partial"] else 0
 
