@@ -271,7 +271,7 @@ class Transformer(nn.Module):
             if plan.valid is not None:
                 mask &= plan.valid
             if plan.batch > 1:
-                return self._run_packed(canvas, plan, cache, mask)
+                return self._run_packed(canvas, key_mask, plan, cache, mask)
             rows, n = mask_to_rows(mask)
             return self._run_fixed(canvas, key_mask, plan, cache, rows, n)
         warm = [True] * plan.batch if warm is None else warm
@@ -301,7 +301,7 @@ class Transformer(nn.Module):
         hidden = x * found[..., None]  # [B, M, D]
         return hidden, n[:, None].expand(-1, len(self.layers)).clone()
 
-    def _run_packed(self, canvas, plan, cache, mask):
+    def _run_packed(self, canvas, key_mask, plan, cache, mask):
         # Several rows, each with its own fixed rows: their rows are packed into one sequence
         # for every row-wise matmul (no padding to the longest row), and each row attends to
         # its own columns alone, as it would by itself.
@@ -309,14 +309,20 @@ class Transformer(nn.Module):
         bidx, tidx = mask.nonzero(as_tuple=True)  # [S] in row order, ascending columns
         n = mask.sum(-1)  # [B]
         seg = [0, *torch.cumsum(n, 0).tolist()]
-        valid = plan.valid
-        spans = []
+        # each row's keys: the span of its unmasked columns (a key mask with holes inside the
+        # span is passed on as a mask)
+        keys = plan.valid if plan.valid is not None else key_mask
+        spans, masks = [], []
         for b in range(B):
-            if valid is None:
+            if keys is None:
                 spans.append((0, T))
-            else:
-                cols = valid[b].nonzero().flatten()
-                spans.append((int(cols[0]), int(cols[-1]) + 1))
+                masks.append(None)
+                continue
+            cols = keys[b].nonzero().flatten()
+            lo, hi = int(cols[0]), int(cols[-1]) + 1
+            spans.append((lo, hi))
+            inside = keys[b : b + 1, lo:hi]
+            masks.append(None if bool(inside.all()) else inside[:, None, None, :])
         x = self.embed(canvas[bidx, tidx])[None]  # [1, S, D]
         rope = (cache.rope[0][bidx, tidx][None], cache.rope[1][bidx, tidx][None])
         a = self.args
@@ -336,7 +342,9 @@ class Transformer(nn.Module):
                 qb = q[:, :, seg[b] : seg[b + 1]]
                 kb, vb = handle.k[b : b + 1, :, lo:hi], handle.v[b : b + 1, :, lo:hi]
                 outs.append(
-                    F.scaled_dot_product_attention(qb, kb, vb, enable_gqa=a.n_kv_heads != a.n_heads)
+                    F.scaled_dot_product_attention(
+                        qb, kb, vb, attn_mask=masks[b], enable_gqa=a.n_kv_heads != a.n_heads
+                    )
                 )
             if not outs:  # every row idle
                 break
