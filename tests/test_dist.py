@@ -75,3 +75,39 @@ def test_bench_under_two_ranks_gives_the_records_of_one_process(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["ranks"] == 2 and "summed decode times" in result["speed"]
     assert [r["recipe"] for r in result["runs"]] == ["vanilla", "fast-dllm"]
+
+
+def test_lm_eval_adapter_follows_the_launchers_ranks(tmp_path):
+    """Under torchrun (as under `accelerate launch`), UnmaskLM reports its rank and world size
+    and serves lm-eval's all_gather / gather_object / barrier; lm-eval then splits requests by
+    rank. Each rank's answers equal a single process's for the same requests."""
+    pytest.importorskip("lm_eval", reason="lm_eval not installed")
+    script = tmp_path / "lm_eval_ranks.py"
+    script.write_text(
+        "import json, os\n"
+        "from types import SimpleNamespace\n"
+        "import torch\n"
+        "from unmask.lm_eval_adapter import UnmaskLM\n"
+        "lm = UnmaskLM(model='tiny-llada', recipe='vanilla', device='cpu')\n"
+        "kw = {'until': ['\\n\\n'], 'max_gen_toks': 16}\n"
+        "reqs = [SimpleNamespace(args=(f'{i}+{i}=', kw)) for i in range(4)]\n"
+        "mine = reqs[lm.rank :: lm.world_size]\n"
+        "texts = lm.generate_until(mine, disable_tqdm=True)\n"
+        "counts = lm.all_gather(torch.tensor(len(mine))).tolist()\n"
+        "got = lm.gather_object(texts, dst=0)\n"
+        "lm.barrier()\n"
+        "if lm.rank == 0:\n"
+        "    print(json.dumps({'world': lm.world_size, 'counts': counts, 'got': got}))\n"
+    )
+    out = torchrun(sys.executable, str(script))
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["world"] == 2 and result["counts"] == [2, 2]
+    from types import SimpleNamespace
+
+    from unmask.lm_eval_adapter import UnmaskLM
+
+    lm = UnmaskLM(model="tiny-llada", recipe="vanilla", device="cpu")
+    kw = {"until": ["\n\n"], "max_gen_toks": 16}
+    alone = lm.generate_until([SimpleNamespace(args=(f"{i}+{i}=", kw)) for i in range(4)], True)
+    assert result["got"] == [alone[0::2], alone[1::2]]

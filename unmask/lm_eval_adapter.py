@@ -45,18 +45,56 @@ class UnmaskLM(LM):
         super().__init__()
         import torch
 
+        from unmask.dist import rank_device, setup
+
         self.recipe = parse(str(recipe))
         if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
             # lm-eval's --device defaults to cuda whether or not the machine has one.
             if device:
                 eval_logger.warning("unmask: no CUDA device here; running on cpu")
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        # lm-eval's data parallelism (`accelerate launch -m lm_eval ...` or torchrun): lm-eval
+        # splits the requests by rank and gathers through the hooks below.
+        self._group = setup(str(device))
+        if self._group is not None:
+            self._rank, self._world_size = self._group.rank, self._group.size
+            device = rank_device(self._group, str(device).split(":")[0])
+        self._device = torch.device(device)
         self.lm = load(str(model), device=device)
         self._model_name = str(model)
         self.gen_len = int(gen_len) if gen_len is not None else None
         self.block_len = int(block_len) if block_len is not None else None
         # "auto" (lm-eval's memory probe) has no meaning here: one prompt at a time then.
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1
+
+    @property
+    def device(self):
+        return self._device
+
+    def all_gather(self, tensor):
+        if self.world_size <= 1:
+            return tensor
+        import torch
+        import torch.distributed as dist
+
+        parts = [torch.zeros_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor)
+        return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+
+    def gather_object(self, obj, dst=0):
+        if self.world_size <= 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size if self.rank == dst else None
+        dist.gather_object(obj, out, dst=dst)
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     @property
     def tokenizer_name(self) -> str:
