@@ -200,6 +200,7 @@ def post(url: str, body: bytes | str, path="/v1/completions") -> tuple[int, dict
         ('{"prompt": "hi", "recipe": "vanilla+unmask=threshold:tau=2"}', "tau must be"),
         ('{"prompt": "hi", "n": 2}', "n = 1"),
         ('{"prompt": "hi", "stop": 3}', "stop must be"),
+        ('{"prompt": "hi", "max_tokens": 8, "recipe": "vanilla+gen_len=16"}', "disagrees"),
     ],
 )
 def test_bad_input_gets_a_4xx_and_the_server_stays_up(server, body, needle):

@@ -333,6 +333,12 @@ def build_app(lm, model_name: str, default_recipe: str = "fast-dllm", limits: Li
             raise RequestError(str(e), param="recipe") from None
         key = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
         gen_len = _number(body, key, int, 1, max_len)
+        if gen_len is not None and recipe.gen_len is not None and gen_len != recipe.gen_len:
+            raise RequestError(
+                f"{key} ({gen_len}) disagrees with the recipe's gen_len={recipe.gen_len}; "
+                "give one of them",
+                param=key,
+            )
         gen_len = gen_len or recipe.gen_len or DEFAULT_GEN_LEN
         temperature = _number(body, "temperature", float, 0, 100)
         if temperature is not None:
