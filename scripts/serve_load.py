@@ -8,42 +8,23 @@ Checks every answer equals its solo `generate` and prints requests/s and tokens/
 from __future__ import annotations
 
 import argparse
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
-import uvicorn
 
 from unmask.generate import generate
 from unmask.models.load import load
 from unmask.recipe import parse
-from unmask.serve import Limits, build_app
+from unmask.serve import Limits, build_app, running
 from unmask.tasks import get_task
 
 RECIPES = ["vanilla", "fast-dllm", "cadllm", "dynamic-dllm"]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny-llada")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--clients", type=int, default=16)
-    a = p.parse_args()
-    lm = load(a.model)
-    prompts = [s.prompt for s in get_task("arith", shots=0).samples("test", a.n)]
-    jobs = [(prompts[i], RECIPES[i % 4], (16, 32, 48, 64)[i // 4 % 4]) for i in range(a.n)]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    limits = Limits(max_rows=a.clients, max_queue=a.n, timeout_s=600)
-    app = build_app(lm, a.model, "fast-dllm", limits)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=srv.run, daemon=True).start()
-    while not srv.started:
-        time.sleep(0.05)
-    c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600)
+def load_test(url: str, a: argparse.Namespace, jobs: list) -> tuple[list, list, float, float]:
+    """The jobs from a.clients concurrent clients, then one at a time: answers and walls."""
+    c = openai.OpenAI(base_url=f"{url}/v1", api_key="none", timeout=600)
 
     def ask(job):
         prompt, spec, n = job
@@ -62,8 +43,22 @@ def main() -> None:
     t_together = time.perf_counter() - t
     t = time.perf_counter()
     alone = [ask(j) for j in jobs]
-    t_alone = time.perf_counter() - t
-    srv.should_exit = True
+    return together, alone, t_together, time.perf_counter() - t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny-llada")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--clients", type=int, default=16)
+    a = p.parse_args()
+    lm = load(a.model)
+    prompts = [s.prompt for s in get_task("arith", shots=0).samples("test", a.n)]
+    jobs = [(prompts[i], RECIPES[i % 4], (16, 32, 48, 64)[i // 4 % 4]) for i in range(a.n)]
+    limits = Limits(max_rows=a.clients, max_queue=a.n, timeout_s=600)
+    app = build_app(lm, a.model, "fast-dllm", limits)
+    with running(app) as url:
+        together, alone, t_together, t_alone = load_test(url, a, jobs)
     same = sum(x[0] == y[0] for x, y in zip(together, alone, strict=True))
     solo = sum(
         x[0] == generate(lm, pr, parse(spec), gen_len=n)[0].text

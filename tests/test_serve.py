@@ -6,8 +6,6 @@ stream frees its row."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,12 +15,10 @@ import pytest
 
 pytest.importorskip("fastapi", reason="fastapi not installed (the serve extra)")
 openai = pytest.importorskip("openai", reason="openai not installed (the dev extra)")
-import uvicorn  # noqa: E402
-
 from unmask.generate import generate  # noqa: E402
 from unmask.models.load import load  # noqa: E402
 from unmask.recipe import parse  # noqa: E402
-from unmask.serve import Limits, build_app  # noqa: E402
+from unmask.serve import Limits, build_app, running  # noqa: E402
 from unmask.tasks import get_task  # noqa: E402
 
 PROMPTS = [s.prompt for s in get_task("arith", shots=0).samples("test", 8)]
@@ -31,20 +27,9 @@ PROMPTS = [s.prompt for s in get_task("arith", shots=0).samples("test", 8)]
 @pytest.fixture(scope="module")
 def server():
     lm = load("tiny-llada")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app = build_app(lm, "tiny-llada", "fast-dllm", Limits(max_rows=16, max_queue=64, timeout_s=60))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        assert time.time() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield lm, f"http://127.0.0.1:{port}", app.state.scheduler
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with running(app) as url:
+        yield lm, url, app.state.scheduler
 
 
 def client(url: str):
@@ -258,18 +243,9 @@ def test_models_health_and_page(server):
 def small_server():
     """A server with one live row, one queue place and a 1.5 s timeout."""
     lm = load("tiny-llada")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app = build_app(lm, "tiny-llada", "vanilla", Limits(max_rows=1, max_queue=1, timeout_s=1.5))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app.state.scheduler
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with running(app) as url:
+        yield url, app.state.scheduler
 
 
 def test_a_full_queue_gets_429_with_retry_after(small_server):

@@ -265,7 +265,7 @@ def _fit(lm, task, recipe, n: int, chat: bool, start: int = 0) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from unmask.bench import record_dicts, run_samples, summarize
+    from unmask.bench import record_dicts, run_samples
     from unmask.models.load import load
     from unmask.outputs import RecordStream, check_output
     from unmask.recipe import parse
@@ -311,17 +311,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         stream.abort()
         raise KeyboardInterrupt
     stream.commit()
-    summary = summarize(recipe, records)
-    summary.update(
-        model=str(args.model),
-        task=args.task,
-        start=args.start,
-        shots=task.shots,
-        gen_len=task.gen_len,
-        chat=chat,
-        partial=interrupted,
-        **_placement(lm),
-    )
+    summary = _eval_summary(args, lm, task, recipe, records, chat, partial=interrupted)
     extras = "".join(
         f", {k} {v:.3f}" for k, v in summary.items() if k in ("strict_match", "flexible_extract")
     )
@@ -336,6 +326,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
+def _eval_summary(args, lm, task, recipe, records, chat: bool, **extra) -> dict:
+    """eval's JSON summary: the recipe's figures over `records`, and what the run was."""
+    from unmask.bench import summarize
+
+    summary = summarize(recipe, records)
+    summary.update(
+        model=str(args.model),
+        task=args.task,
+        start=args.start,
+        shots=task.shots,
+        gen_len=task.gen_len,
+        chat=chat,
+        **extra,
+        **_placement(lm),
+    )
+    return summary
+
+
 def _eval_sharded(args, lm, task, recipe, samples, chat, group) -> int:
     """eval under torchrun: this rank decodes samples i with i % size == rank; rank 0 gathers
     every record, restores sample order and writes the outputs once."""
@@ -343,7 +351,7 @@ def _eval_sharded(args, lm, task, recipe, samples, chat, group) -> int:
 
     from tqdm import tqdm
 
-    from unmask.bench import record_dicts, run_samples, summarize
+    from unmask.bench import record_dicts, run_samples
     from unmask.outputs import RecordStream
 
     t0 = time.perf_counter()
@@ -374,19 +382,17 @@ def _eval_sharded(args, lm, task, recipe, samples, chat, group) -> int:
     for r in record_dicts(records):
         stream.write(r)
     stream.commit()
-    summary = summarize(recipe, records)
-    summary.update(
-        model=str(args.model),
-        task=args.task,
-        start=args.start,
-        shots=task.shots,
-        gen_len=task.gen_len,
-        chat=chat,
+    summary = _eval_summary(
+        args,
+        lm,
+        task,
+        recipe,
+        records,
+        chat,
         partial=False,
         ranks=group.size,
         # wall_s sums every sample's own decode time over all ranks; elapsed_s is the run's
         elapsed_s=time.perf_counter() - t0,
-        **_placement(lm),
     )
     print(
         f"{args.task} {recipe.name}: accuracy {summary['accuracy']:.3f} on {summary['n']} "

@@ -41,7 +41,6 @@ class Row:
     cells: int = 0  # (position x layer) cells recomputed
     v_only: int = 0
     finished: bool = False  # no MASK left in its generated region
-    t_done: float | None = None
     _slot: int | None = field(default=None, repr=False)  # its place in the current layout
     _rope: tuple[Tensor, Tensor] | None = field(default=None, repr=False)  # its own positions'
 
@@ -116,7 +115,7 @@ class Engine:
         a = self.lm.args
         self.stop_ids = torch.tensor(self.lm.stop_ids, device=self.device)
         self.shift = 1 if a.logit_shift else 0
-        self.P = self.G = 0
+        self.P = 0  # the shared column where generated regions start
         self.key_mask: Tensor | None = None
         self.pos: Tensor | None = None
 
@@ -202,22 +201,23 @@ class Engine:
         for b, r in enumerate(rows):
             r._slot = b
             r.state.canvas = canvas[b : b + 1, P - r.P : P + r.G]  # its own columns, a view
-        self.canvas, self.cache, self.P, self.G = canvas, cache, P, G
+        self.canvas, self.cache, self.P = canvas, cache, P
         self.pos = (col - pad[:, None]).clamp(min=0)  # [B, T] each row's own positions
         self.key_mask = None if bool(valid.all()) else valid
         self._dirty = False
 
     # ---- one step --------------------------------------------------------------------------
 
-    def _alone(self, b: int, row: Row, plan, lo: int, n: int) -> tuple[Tensor, Tensor, int]:
-        """Row b's forward by itself, in its own columns [0, P_b + G_b) (decision rows from its
-        own column lo, n of them): logits [n, V], cells per layer, V-only cells."""
+    def _alone(
+        self, b: int, row: Row, plan, out: Tensor, need: Tensor
+    ) -> tuple[Tensor, Tensor, int]:
+        """Row b's forward by itself, in its own columns [0, P_b + G_b), with its decision rows
+        out [1, n] and needed rows need [1, P_b + G_b] in those columns: logits [n, V], cells
+        per layer, V-only cells."""
         T_b = row.P + row.G
         off = self.P - row.P
         cache = self.cache.row_view(b, off, off + T_b)
         cache.rope = row._rope
-        out = (torch.arange(lo, lo + n, device=self.device) - self.shift)[None]
-        need = _solo_need(row, lo, n, self.shift)
         plan = StepPlan([plan], out, need, None, row.P, [row.G])
         pos = torch.arange(T_b, device=self.device)[None]
         hidden, cells = self.lm.model.run(row.state.canvas, pos, None, plan, cache, [row.warm])
@@ -274,7 +274,11 @@ class Engine:
         layered = {b: p for b, p in local.items() if p.fixed_rows() is None}
         if len(layered) == len(local):
             layered = {}  # all alike: the batched per-layer path serves them together
+        alone = {}  # their decision and needed rows, moved to their own columns
         for b in layered:
+            lo, hi, off = *spans[b], P - self.rows[b].P
+            cut = slice(off, off + self.rows[b].P + self.rows[b].G)
+            alone[b] = (out_rows[b : b + 1, : hi - lo] - off, need[b : b + 1, cut].clone())
             plans[b] = idle
             need[b] = False
         gen_lens = [r.G for r in self.rows]
@@ -287,7 +291,7 @@ class Engine:
         for b, plan in layered.items():
             lo, hi = spans[b]
             logits[b, : hi - lo], step_cells[b], v_only[b] = self._alone(
-                b, self.rows[b], plan, lo - (P - self.rows[b].P), hi - lo
+                b, self.rows[b], plan, *alone[b]
             )
         step_rows = step_cells
         logits[..., a.mask_id] = float("-inf")  # MASK is never a candidate: reveals are final
@@ -343,17 +347,8 @@ class Engine:
             s.step += 1
             s.step_in_block += 1
             if not bool((s.canvas[:, row.P :] == a.mask_id).any()):
-                row.finished, row.t_done = True, now
+                row.finished = True
         return events
-
-
-def _solo_need(row: Row, lo: int, n: int, shift: int) -> Tensor:
-    need = torch.zeros_like(row.state.canvas, dtype=torch.bool)
-    if row.wants_gen_logits:
-        need[:, lo - shift : lo + n - shift] = True
-    else:
-        need[:, lo - shift : lo + n - shift] = row.state.canvas[:, lo : lo + n] == row.state.mask_id
-    return need
 
 
 def eos_exit(gen: Tensor, stop_ids: Tensor, mask_id: int, eos_id: int) -> Tensor:

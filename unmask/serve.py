@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -460,13 +460,8 @@ def build_app(lm, model_name: str, default_recipe: str = "fast-dllm", limits: Li
                     if job.denoise:
                         extra["denoise"] = denoise(lm, ev, row)
                     new = text[len(sent) :] if text.startswith(sent) else ""
-                    if new or extra:
-                        yield chunk(
-                            [choice(new, None, True)]
-                            if new or not chat
-                            else [choice(None, None, True)],
-                            **extra,
-                        )
+                    if new or extra:  # (no new text: an empty delta)
+                        yield chunk([choice(new or None, None, True)], **extra)
                         sent += new
             finally:
                 if not job.done:
@@ -515,6 +510,32 @@ def build_app(lm, model_name: str, default_recipe: str = "fast-dllm", limits: Li
         return _error(str(exc))
 
     return app
+
+
+@contextmanager
+def running(app, host: str = "127.0.0.1", timeout_s: float = 30.0):
+    """Serve `app` on a free port of `host` in a background thread (tests, load scripts,
+    embedding); yields its base URL and stops it on exit."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + timeout_s
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def denoise(lm, ev, row: Row) -> dict:
