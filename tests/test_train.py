@@ -3,6 +3,7 @@ run continues exactly where an uninterrupted one would be."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from unmask.tokenizer import Tokenizer
@@ -120,3 +121,13 @@ def test_warm_start_carries_shared_tokens_across_tokenizers(tmp_path):
         warm_start(new_model(wide, tok), tok, str(source))
     with pytest.raises(ValueError, match="llada model, not dream"):
         warm_start(new_model(tiny_cfg(tmp_path, 5, family="dream"), tok), tok, str(source))
+
+
+@pytest.mark.slow
+def test_compiled_training_runs(tmp_path):
+    # torch.compile's backward once broke on how the layer split and rotated Q/K (a stride
+    # assertion at the first backward): the trainer's --compile path must keep running.
+    cfg = tiny_cfg(tmp_path, steps=3)
+    cfg.compile = True
+    train(cfg, log=lambda *_: None)
+    assert torch.load(tmp_path / "train_state.pt", weights_only=False)["step"] == 3

@@ -193,14 +193,20 @@ class Layer(nn.Module):
             normed = self.attn_norm(x)
         a = self.a
         qk, v_new = self.project(normed)
-        if keep is not None:  # queries of the kept rows only
-            q, k = qk.split([a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim], dim=-1)
-            x, q = gather_rows(x, keep), gather_rows(q, keep)
-            q = apply_rope(self.heads(q, a.n_heads), *(gather_rows(t, keep) for t in rope))
-            k = apply_rope(self.heads(k, a.n_kv_heads), *rope)
-        else:  # one rotation for Q and K together (elementwise: the same bits as two)
+        if keep is None and self.fused:
+            # Decoding: one rotation for Q and K together (elementwise: the same bits as two).
+            # Training runs unfused and rotates them apart: torch.compile's backward of the
+            # joint split mis-predicts strides under dynamic shapes (torch 2.13).
             qk = apply_rope(self.heads(qk, a.n_heads + a.n_kv_heads), *rope)
             q, k = qk.split([a.n_heads, a.n_kv_heads], dim=1)
+        else:
+            q, k = qk.split([a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim], dim=-1)
+            rq = rope
+            if keep is not None:  # queries of the kept rows only
+                x, q = gather_rows(x, keep), gather_rows(q, keep)
+                rq = tuple(gather_rows(t, keep) for t in rope)
+            q = apply_rope(self.heads(q, a.n_heads), *rq)
+            k = apply_rope(self.heads(k, a.n_kv_heads), *rope)
         v = self.heads(v_new, a.n_kv_heads) if v is None else v
         if handle is not None:
             k, v = handle.update(rows, k, v)
