@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 		echo "note: chromium-driver is not installed, so the page test is skipped"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,evals,lmeval,serve]'
+	$(BIN)/pip install --quiet -e '.[dev,evals,lmeval,serve,tune]'
 	$(BIN)/python -m unmask.lm_eval_plugin install >/dev/null
 	touch $@
 

@@ -1,4 +1,4 @@
-"""The `unmask` command: generate | eval | bench | demo | train (serve joins here when it lands).
+"""The `unmask` command: generate | eval | bench | demo | train | average | serve | tune.
 
 Argument parsing and error reporting only; every command calls into the package's own API.
 """
@@ -657,6 +657,124 @@ def cmd_average(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from unmask import tune
+
+    if args.apply is not None:
+        spec, why = tune.chosen(Path(args.apply), args.within)
+        print(f"chosen: {why}", file=sys.stderr)
+        print(spec)
+        return 0
+    if args.out is None or args.trials is None:
+        raise CliError("--out and --trials are required (or --apply DIR to print a chosen spec)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file, not a directory")
+    dev = range(args.dev_start, args.dev_start + args.dev_n)
+    test = range(args.test_start, args.test_start + args.test_n)
+    if not args.no_validate and dev.start < test.stop and test.start < dev.stop:
+        raise CliError(
+            f"the dev slice [{dev.start}, {dev.stop}) and the test slice [{test.start}, "
+            f"{test.stop}) overlap: validation must use samples the search never saw"
+        )
+    from unmask.recipe import parse, split_specs
+
+    presets = split_specs(args.presets)
+    for name in presets:
+        parse(name)
+    if "vanilla" not in presets:
+        raise CliError("--presets must include vanilla: the accuracy floor is measured from it")
+    task = _task(args)
+    if len(task.samples("test", args.dev_n, start=args.dev_start)) < args.dev_n:
+        raise CliError(f"{task.name}: fewer than {args.dev_n} test samples from {args.dev_start}")
+    task.preflight()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from unmask.models.load import load
+
+    lm = load(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
+    chat = not args.raw
+    for name in presets:  # few-shot prompts that do not fit lose shots, for both slices alike
+        _fit(lm, task, parse(name), args.dev_n, chat, start=args.dev_start)
+        _fit(lm, task, parse(name), args.test_n, chat, start=args.test_start)
+    cfg = tune.TuneConfig(
+        model=str(args.model),
+        task=task.name,
+        task_knobs={k: getattr(args, k) for k in ("data", "shots", "gen_len") if getattr(args, k)},
+        dev_start=args.dev_start,
+        dev_n=args.dev_n,
+        seed=args.seed,
+        sampler=args.sampler,
+        max_drop=args.max_drop,
+        nfe_rows=args.nfe_rows,
+        batch=args.batch,
+        presets=tuple(presets),
+        chat=chat,
+        gen_len=task.gen_len,
+    )
+    log = lambda line: tqdm_write(line)  # noqa: E731
+    found = tune.search(lm, task, cfg, out, args.trials, log=log)
+    result = tune.write_front(found.study, found.presets, cfg, out)
+    print(tune.front_table(result["front"]), file=sys.stderr)
+    print(f"front: {out / tune.FRONT}, plot: {out / tune.PLOT}", file=sys.stderr)
+    if found.interrupted:
+        print(
+            f"unmask tune: interrupted; the study is kept in {out / tune.DB} "
+            f"({result['trials']} trials): run the same command to resume it",
+            file=sys.stderr,
+        )
+        return 130
+    if args.no_validate:
+        return 0
+    print(
+        f"validation: the front and {', '.join(presets)} on test samples "
+        f"{args.test_start}..{args.test_start + args.test_n - 1}",
+        file=sys.stderr,
+    )
+    from unmask.bench import table
+
+    v = tune.validate(
+        lm,
+        cfg.model,
+        task,
+        result["front"],
+        presets,
+        found.floor,
+        out,
+        args.test_start,
+        args.test_n,
+        args.validate_max,
+        args.within,
+        chat=chat,
+    )
+    print(table(v["runs"]), file=sys.stderr)
+    pick = v["verdict"]
+    if pick and pick.get("pick"):
+        print(
+            f"pick: {pick['pick']} at test accuracy {pick['accuracy']:.3f} (vanilla "
+            f"{pick['vanilla_accuracy']:.3f}): {pick['speedup_vs_vanilla']:.2f}x vanilla, "
+            f"{pick['speedup_vs_fast_dllm'] or float('nan'):.2f}x fast-dllm, "
+            f"{pick['over_fastest_preset']:.2f}x the fastest preset within "
+            f"{pick['within']:g} of vanilla ({pick['fastest_preset']}); "
+            f"rows/AR {pick['rows_over_ar_floor']:.2f}\n  {pick['spec']}",
+            file=sys.stderr,
+        )
+    else:
+        print(f"no validated front recipe is within {args.within:g} of vanilla", file=sys.stderr)
+    print(json.dumps(v))
+    return 130 if v["partial"] else 0
+
+
+def tqdm_write(line: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
 def _task_args(p: argparse.ArgumentParser, default_n: int) -> None:
     p.add_argument(
         "--task",
@@ -939,7 +1057,123 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--device", default=None, help=DEVICE_HELP)
     sv.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
     sv.set_defaults(func=cmd_serve)
+
+    tu = sub.add_parser(
+        "tune",
+        help="search the recipe space for the accuracy/cost Pareto front of a model and task",
+        description="Multi-objective search (Optuna) over every role's policies and their "
+        "parameters, plus eos_exit: each trial decodes a dev slice, scored by accuracy and by a "
+        "machine-free cost (cells per AR cell). The study is kept in OUT/study.db, so the same "
+        "command resumes it; then the front and the presets are benched side by side on the "
+        "test slice, wall time included.",
+        epilog=EPILOG_TUNE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tu.add_argument("--model", default="tiny-llada", help=MODEL_HELP)
+    tu.add_argument(
+        "--task", default="arith", help="arith, reverse, wordy, gsm8k, humaneval or math500"
+    )
+    tu.add_argument("--data", metavar="PATH", default=None, help="the benchmark's data file")
+    tu.add_argument("--shots", type=_nonnegative, default=None, help="few-shot exemplars")
+    tu.add_argument("--gen-len", type=_positive, default=None, help="positions to generate")
+    tu.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    tu.add_argument("--trials", type=_positive, default=None, help="finished trials in all")
+    tu.add_argument("--out", default=None, help="the study's directory (resumed if it exists)")
+    tu.add_argument(
+        "--dev-start", type=_nonnegative, default=1000, help="first dev sample (default: 1000)"
+    )
+    tu.add_argument("--dev-n", type=_positive, default=100, help="dev samples (default: 100)")
+    tu.add_argument(
+        "--test-start", type=_nonnegative, default=0, help="first test sample (default: 0)"
+    )
+    tu.add_argument(
+        "--test-n", type=_positive, default=200, help="validation samples (default: 200)"
+    )
+    tu.add_argument("--seed", type=_seed, default=0, help="the sampler's seed (default: 0)")
+    tu.add_argument(
+        "--sampler",
+        choices=["tpe", "nsga2", "random"],
+        default="tpe",
+        help="Optuna sampler: multi-objective TPE, NSGA-II, or random (default: tpe)",
+    )
+    tu.add_argument(
+        "--max-drop",
+        type=_fraction,
+        default=0.05,
+        help="prune a trial once its dev accuracy cannot end within this of vanilla's "
+        "(default: 0.05)",
+    )
+    tu.add_argument(
+        "--nfe-rows",
+        type=_nonnegative_float,
+        default=128.0,
+        help="the fixed cost of one forward in rows per layer, added to the rows it computes: "
+        "where a forward stops being bound by streaming the weights (about 145 for an 8B model "
+        "on an H200; about 125 measured for tiny-llada on this 2-core CPU) (default: 128)",
+    )
+    tu.add_argument(
+        "--batch", type=_positive, default=8, help="dev samples decoded together (default: 8)"
+    )
+    tu.add_argument(
+        "--presets",
+        default="vanilla,fast-dllm,fast-dllm-prefix,dkv-cache,dllm-cache,dynamic-dllm,cadllm",
+        help="reference recipes, measured on the dev slice and validated beside the front; "
+        "must include vanilla (default: %(default)s)",
+    )
+    tu.add_argument(
+        "--validate-max",
+        type=_positive,
+        default=6,
+        help="front points benched on the test slice, spread along the cost axis (default: 6)",
+    )
+    tu.add_argument(
+        "--within",
+        type=_fraction,
+        default=0.01,
+        help="accuracy margin to vanilla for the pick (default: 0.01, one point)",
+    )
+    tu.add_argument("--no-validate", action="store_true", help="stop after the search")
+    tu.add_argument(
+        "--apply",
+        metavar="DIR",
+        default=None,
+        help="print the chosen spec of a finished tune in DIR (for --recipe) and exit",
+    )
+    tu.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch")
+    tu.add_argument("--device", default=None, help=DEVICE_HELP)
+    tu.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
+    tu.set_defaults(func=cmd_tune)
     return p
+
+
+EPILOG_TUNE = """examples:
+  unmask tune --model tiny-llada --task arith --trials 60 --out runs/tune-arith
+  unmask tune --apply runs/tune-arith          # the chosen spec, for --recipe
+  unmask bench --recipes "vanilla,fast-dllm,$(unmask tune --apply runs/tune-arith)"
+
+Outputs in OUT: study.db (Optuna; resume or inspect it), front.json (the Pareto front, each
+point a recipe spec, and the presets), trials.png (every trial, the front, the presets), and
+after validation validation.json and validation.png. Ctrl-C keeps the study."""
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
+    return value
 
 
 EPILOG_SERVE = """examples:

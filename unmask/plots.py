@@ -280,3 +280,62 @@ def rows_heatmap(events: list[StepEvent], path: str, title: str = "") -> None:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def tune_trials(
+    points: list[dict],
+    pruned: list[dict],
+    front: list[dict],
+    presets: dict[str, dict],
+    path: str,
+    title: str = "",
+) -> None:
+    """Every trial of a tune study, accuracy against cost (cells per AR cell, log scale): the
+    complete ones as dots, the pruned ones where they stopped, the Pareto front joined by a line,
+    the presets as labelled stars (all on the dev slice)."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=120)
+    if pruned:
+        ax.scatter(
+            [p["cost"] for p in pruned],
+            [100 * p["accuracy"] for p in pruned],
+            marker="x",
+            s=18,
+            color="0.7",
+            label=f"pruned ({len(pruned)}, where they stopped)",
+        )
+    if points:
+        ax.scatter(
+            [p["cost"] for p in points],
+            [100 * p["accuracy"] for p in points],
+            s=16,
+            color="tab:blue",
+            alpha=0.6,
+            label=f"trials ({len(points)})",
+        )
+    if front:
+        ax.plot(
+            [p["cost"] for p in front],
+            [100 * p["accuracy"] for p in front],
+            "-o",
+            color="tab:red",
+            ms=5,
+            drawstyle="steps-post",
+            label=f"Pareto front ({len(front)})",
+            zorder=3,
+        )
+    for name, p in presets.items():
+        ax.scatter(p["cost"], 100 * p["accuracy"], marker="*", s=120, color="k", zorder=4)
+        ax.annotate(
+            name,
+            (p["cost"], 100 * p["accuracy"]),
+            xytext=(4, 4),
+            fontsize=7,
+            textcoords="offset points",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("cost: cells per AR cell (log; forwards priced in rows)")
+    ax.set_ylabel("dev accuracy (%)")
+    ax.set_title(title or "unmask tune")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path)

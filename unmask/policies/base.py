@@ -23,6 +23,38 @@ RANGES: dict[str, Callable[[float], bool]] = {
 }
 
 
+@dataclass(frozen=True)
+class Int:
+    """A tunable integer field's search range, both ends included. An end given as a string
+    names an earlier field of the same policy (its sampled value) or a request size
+    (`gen_len`), so that ranges which depend on each other stay valid (unmask tune)."""
+
+    lo: int | str
+    hi: int | str
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Float:
+    """A tunable float field's search range (ends as for Int), on a grid of `step` from `lo`
+    (so that specs stay short and readable), or log-uniform without one."""
+
+    lo: float | str
+    hi: float | str
+    step: float | None = None
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A tunable field that takes one of a few values (booleans, modes, an optional interval)."""
+
+    values: tuple
+
+
+Space = Int | Float | Choice
+
+
 @dataclass
 class Policy:
     """Init fields are hyperparameters; fields declared with `init=False` are per-request state.
@@ -34,6 +66,11 @@ class Policy:
     name: ClassVar[str] = ""
     role: ClassVar[str] = ""
     bounds: ClassVar[dict[str, str]] = {}
+    # What `unmask tune` searches: a range per tunable init field (policies.base.check_space
+    # holds it inside `bounds`), declared by each policy so that a new one joins the search
+    # without editing the tuner. `untuned` names the init fields left at their defaults.
+    space: ClassVar[dict[str, Space]] = {}
+    untuned: ClassVar[tuple[str, ...]] = ()
     # True when the policy reads the logits of every generated position (RowView.gen_logits),
     # not only the block's: the step plan then asks the forward for them.
     wants_gen_logits: ClassVar[bool] = False
@@ -48,7 +85,7 @@ class Policy:
                 raise ValueError(f"{f.name} must be a finite number, got {value}")
             rule = self.bounds.get(f.name)
             if rule is not None and value is not None and not RANGES[rule](value):
-                raise ValueError(f"{f.name} must be {rule}, got {_fmt(value)}")
+                raise ValueError(f"{f.name} must be {rule}, got {fmt_value(value)}")
 
     def reset(self, req: Any) -> None:
         """Start of a request: forget per-request state."""
@@ -59,11 +96,11 @@ class Policy:
     @property
     def spec(self) -> str:
         """Canonical spec string: every hyperparameter, so a record is reproducible."""
-        parts = [f"{f.name}={_fmt(getattr(self, f.name))}" for f in fields(self) if f.init]
+        parts = [f"{f.name}={fmt_value(getattr(self, f.name))}" for f in fields(self) if f.init]
         return self.name + (":" + ",".join(parts) if parts else "")
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if v is None:
@@ -155,3 +192,57 @@ class ConfidenceHistory:
     def mean(self, last: int) -> float:
         tail = self.values[-last:]
         return sum(tail) / len(tail)
+
+
+def check_space(cls: type[Policy]) -> None:
+    """Refuse a declared search space that could sample an invalid policy: every init field is
+    tuned or named untuned (not both); a range's ends, and the extremes of what a string end
+    names (an earlier tuned field's range, or gen_len from 1 up), lie inside the field's
+    `bounds` (ranges are monotone, so every value between them does too); fixed ends are
+    ordered; a log range stays above 0; a choice is one of the field's valid values."""
+    init = [f.name for f in fields(cls) if f.init]
+    where = f"{cls.role} policy {cls.name!r}"
+    for key in cls.space:
+        if key not in init:
+            raise TypeError(f"{where}: space names {key!r}, which is not a parameter")
+        if key in cls.untuned:
+            raise TypeError(f"{where}: {key!r} is both tuned and untuned")
+    missing = [k for k in init if k not in cls.space and k not in cls.untuned]
+    if missing:
+        raise TypeError(f"{where}: parameters neither tuned nor untuned: {', '.join(missing)}")
+    extremes: dict[str, list[float]] = {"gen_len": [1, 2**31]}
+
+    def reach(end: float | str, key: str) -> list[float]:
+        if isinstance(end, str):
+            if end not in extremes:
+                raise TypeError(
+                    f"{where}: {key} range end {end!r} is neither an earlier tuned parameter "
+                    "nor gen_len"
+                )
+            return extremes[end]
+        return [end]
+
+    for key, dim in cls.space.items():
+        rule = cls.bounds.get(key)
+        if isinstance(dim, Choice):
+            if not dim.values:
+                raise TypeError(f"{where}: {key} has no choices")
+            for v in dim.values:  # the policy itself judges modes and optional values
+                try:
+                    cls(**{key: v})
+                except (TypeError, ValueError) as e:
+                    raise TypeError(
+                        f"{where}: {key} choice {fmt_value(v)} is invalid: {e}"
+                    ) from None
+            continue
+        lo, hi = reach(dim.lo, key), reach(dim.hi, key)
+        if not isinstance(dim.lo, str) and not isinstance(dim.hi, str) and dim.lo > dim.hi:
+            raise TypeError(f"{where}: {key} range [{dim.lo}, {dim.hi}] is empty")
+        if dim.log and min(lo) <= 0:
+            raise TypeError(f"{where}: {key} log range must stay above 0")
+        if isinstance(dim, Float) and (dim.step is None) == (not dim.log):
+            raise TypeError(f"{where}: {key} needs a step or a log range (one of the two)")
+        for v in (*lo, *hi):
+            if rule is not None and not RANGES[rule](v):
+                raise TypeError(f"{where}: {key} range reaches {fmt_value(v)}, outside {rule}")
+        extremes[key] = [min(lo), max(hi)]

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import torch
 
-from unmask.policies.base import ConfidenceHistory, Policy
+from unmask.policies.base import Choice, ConfidenceHistory, Int, Policy
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class FixedBlocks(BlockSchedule):
 
     name: ClassVar[str] = "fixed"
     bounds: ClassVar[dict[str, str]] = {"len": ">= 1", "steps": ">= 1"}
+    space: ClassVar[dict] = {"len": Int(4, 64, log=True), "steps": Int(8, "gen_len", log=True)}
     len: int | None = None
     steps: int | None = None
 
@@ -70,6 +71,15 @@ class AdaptiveBlocks(BlockSchedule):
         "max_len": ">= 1",
         "init_steps": ">= 1",
         "max_steps": ">= 1",
+    }
+    space: ClassVar[dict] = {
+        "init_len": Int(4, 64, log=True),
+        "min_len": Int(2, 32, log=True),
+        "max_len": Int("min_len", 128, log=True),
+        "init_steps": Int(4, 64, log=True),
+        "max_steps": Int("init_steps", 128, log=True),
+        "adaptive_len": Choice((True, False)),
+        "adaptive_steps": Choice((True, False)),
     }
     init_len: int = 24
     min_len: int = 4

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from unmask.cache import LayerSignals
-from unmask.policies.base import Policy
+from unmask.policies.base import Choice, Float, Int, Policy
 from unmask.step import EVERY_ROW, LayerRows, RowPlan, RowView
 
 
@@ -157,6 +157,7 @@ class DKVCache(RefreshPolicy):
 
     name: ClassVar[str] = "dkv"
     bounds: ClassVar[dict[str, str]] = {"interval": ">= 1"}
+    space: ClassVar[dict] = {"interval": Int(2, 16, log=True), "shift": Choice(("un", "un_right"))}
     interval: int = 8
     shift: str = "un"
     _ctx: object = field(default=None, init=False, repr=False)
@@ -202,6 +203,12 @@ class DLLMCache(FeatureRefresh):
 
     name: ClassVar[str] = "dllm-cache"
     bounds: ClassVar[dict[str, str]] = {"kp": ">= 1", "kr": ">= 1", "rho": "[0, 1]"}
+    space: ClassVar[dict] = {
+        "kp": Int(4, 100, log=True),
+        "kr": Int(1, 20, log=True),
+        "rho": Float(0.0, 0.5, step=0.01),
+        "layer0_full": Choice((True, False)),
+    }
     kp: int = 50
     kr: int = 7
     rho: float = 0.25
@@ -277,6 +284,16 @@ class DCU(FeatureRefresh):
         "window": ">= 0",
         "prompt_interval": ">= 1",
         "gen_interval": ">= 1",
+    }
+    space: ClassVar[dict] = {
+        "budget": Int(0, "gen_len"),
+        "window": Int(0, "gen_len"),
+        "proxy": Choice(("x", "v")),
+        "alloc": Choice(("proportional", "uniform")),
+        "layer0_full": Choice((True, False)),
+        "prompt_interval": Choice((None, 4, 16, 64)),
+        "gen_interval": Choice((None, 4, 16, 64)),
+        "fresh_v": Choice((True, False)),
     }
     budget: int | None = None
     window: int | None = None

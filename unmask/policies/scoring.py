@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from unmask.policies.base import ConfidenceHistory, Policy
+from unmask.policies.base import Choice, ConfidenceHistory, Int, Policy
 
 
 def row_rand(shape: tuple[int, ...], gens: list[torch.Generator], dtype=torch.float32) -> Tensor:
@@ -88,6 +88,12 @@ class TopV(Scorer):
 
     name: ClassVar[str] = "topv"
     bounds: ClassVar[dict[str, str]] = {"v_init": ">= 1", "v_min": ">= 1", "v_max": ">= 1"}
+    space: ClassVar[dict] = {
+        "v_init": Int(10, 1000, log=True),
+        "v_min": Int(1, 100, log=True),
+        "v_max": Int("v_min", 4000, log=True),
+        "adaptive": Choice((True, False)),
+    }
     v_init: int = 100
     v_min: int = 35
     v_max: int = 1000

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from unmask.policies.base import Policy
+from unmask.policies.base import Choice, Float, Policy
 
 
 def top_k_mask(conf: Tensor, masked: Tensor, k: Tensor) -> Tensor:
@@ -81,6 +81,8 @@ class Threshold(UnmaskRule):
 
     name: ClassVar[str] = "threshold"
     bounds: ClassVar[dict[str, str]] = {"tau": "[0, 1]"}
+    space: ClassVar[dict] = {"tau": Float(0.3, 1.0, step=0.01)}
+    untuned: ClassVar[tuple[str, ...]] = ("dream_first",)  # a family's quirk, not a knob
     tau: float = 0.9
     dream_first: bool | None = None
 
@@ -100,6 +102,8 @@ class Factor(UnmaskRule):
 
     name: ClassVar[str] = "factor"
     bounds: ClassVar[dict[str, str]] = {"factor": "> 0"}
+    space: ClassVar[dict] = {"factor": Float(0.05, 4.0, step=0.05)}
+    untuned: ClassVar[tuple[str, ...]] = ("dream_first",)
     factor: float = 1.0
     dream_first: bool | None = None
 
@@ -132,6 +136,12 @@ class APD(UnmaskRule):
 
     name: ClassVar[str] = "apd"
     bounds: ClassVar[dict[str, str]] = {"tau": "[0, 1]", "alpha": ">= 0", "beta": ">= 0"}
+    space: ClassVar[dict] = {
+        "tau": Float(0.3, 1.0, step=0.01),
+        "alpha": Float(0.0, 0.02, step=0.0005),
+        "beta": Float(0.0, 0.02, step=0.0005),
+        "scope": Choice(("gen", "block")),
+    }
     tau: float = 0.9
     alpha: float = 0.001
     beta: float = 0.0008
@@ -195,6 +205,12 @@ class CadThreshold(UnmaskRule):
 
     name: ClassVar[str] = "cadllm"
     bounds: ClassVar[dict[str, str]] = {"tau_base": "[0, 1]", "tau_min": "[0, 1]"}
+    space: ClassVar[dict] = {
+        "tau_base": Float(0.3, 1.0, step=0.01),
+        "tau_min": Float(0.05, "tau_base", step=0.01),
+        "global_decay": Choice((True, False)),
+    }
+    untuned: ClassVar[tuple[str, ...]] = ("dream_first",)
     tau_base: float = 0.85
     tau_min: float = 0.40
     global_decay: bool = False
