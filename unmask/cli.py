@@ -372,8 +372,8 @@ def _eval_sharded(args, lm, task, recipe, samples, chat, group) -> int:
             bar.n = total
             bar.refresh()
     gathered = group.gather(records)
+    group.close()  # every rank at the same point: a rank that left early once aborted at exit
     if not group.main:
-        group.close()
         return 0
     records = sorted(itertools.chain.from_iterable(gathered), key=lambda r: r.index)
     bar.n = len(records)
@@ -401,7 +401,6 @@ def _eval_sharded(args, lm, task, recipe, samples, chat, group) -> int:
         file=sys.stderr,
     )
     print(json.dumps(summary))
-    group.close()
     return 0
 
 
@@ -704,7 +703,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cfg = tune.TuneConfig(
         model=str(args.model),
         task=task.name,
-        task_knobs={k: getattr(args, k) for k in ("data", "shots", "gen_len") if getattr(args, k)},
+        task_knobs={
+            k: getattr(args, k)
+            for k in ("data", "shots", "gen_len")
+            if getattr(args, k) is not None
+        },
         dev_start=args.dev_start,
         dev_n=args.dev_n,
         seed=args.seed,

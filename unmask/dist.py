@@ -42,6 +42,10 @@ class Group:
         return dist.distributed_c10d._get_default_store().add("unmask/done", k)
 
     def close(self) -> None:
+        """Every rank calls it at the same point: a barrier, then the group is torn down (a
+        rank that tore its group down while the others still used theirs once died at exit
+        with "terminate called without an active exception")."""
+        dist.barrier()
         dist.destroy_process_group()
 
 
