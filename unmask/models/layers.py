@@ -223,10 +223,13 @@ class Layer(nn.Module):
 class Transformer(nn.Module):
     """Embedding, layers, final norm, LM head. `forward`: training path; `run`: plan-driven."""
 
-    def __init__(self, a: ModelArgs):
+    def __init__(self, a: ModelArgs, init: bool = True):
         super().__init__()
         self.args = a
-        self.embed = nn.Embedding(a.vocab_size, a.d_model)
+        # init=False (loading, whose weights replace these): no random init of the embedding,
+        # whose normal_ on the meta device imports torch._dynamo, about 2 s of every start.
+        weight = None if init else torch.empty(a.vocab_size, a.d_model)
+        self.embed = nn.Embedding(a.vocab_size, a.d_model, _weight=weight)
         self.layers = nn.ModuleList(Layer(a) for _ in range(a.n_layers))
         self.norm = RMSNorm(a.d_model, a.norm_eps)
         self.lm_head = nn.Linear(a.d_model, a.vocab_size, bias=False)

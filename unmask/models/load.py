@@ -194,7 +194,7 @@ def load(
     device = torch.device(device)
     dtype = dtype or default_dtype(device, cfg)
     with torch.device("meta"):
-        model = Transformer(args)
+        model = Transformer(args, init=False)
     params = dict(model.named_parameters())
     names = tensor_names(fam, list(params), fam.tied(cfg))
     files = weight_files(path)
