@@ -166,7 +166,16 @@ def test_a_trial_that_cannot_reach_the_floor_stops_early(shipped):
     with pytest.raises(tune.Pruned) as e:
         tune.evaluate(shipped, task, parse("fast-dllm"), cfg, floor=1.01)
     assert e.value.partial.n == 2  # after its first batch, not its last
+    assert "below the floor" in e.value.reason
     assert tune.evaluate(shipped, task, parse("fast-dllm"), cfg, floor=0.0).n == 8
+    # A rival as accurate and far cheaper stops it from its second batch on (not its first:
+    # one batch's cost is too noisy to judge by).
+    rival = {"cheap": {"accuracy": 1.0, "cost": 1e-3}}
+    with pytest.raises(tune.Pruned) as e:
+        tune.evaluate(shipped, task, parse("fast-dllm"), cfg, floor=0.0, rivals=rival)
+    assert e.value.partial.n == 4 and "dominated by cheap" in e.value.reason
+    costly = {"costly": {"accuracy": 1.0, "cost": 1e3}}
+    assert tune.evaluate(shipped, task, parse("fast-dllm"), cfg, floor=0.0, rivals=costly).n == 8
 
 
 def run(argv, capsys):

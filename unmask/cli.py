@@ -713,6 +713,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         seed=args.seed,
         sampler=args.sampler,
         max_drop=args.max_drop,
+        dominance_margin=args.dominance_margin,
         nfe_rows=args.nfe_rows,
         batch=args.batch,
         presets=tuple(presets),
@@ -1105,6 +1106,14 @@ def parser() -> argparse.ArgumentParser:
         default=0.05,
         help="prune a trial once its dev accuracy cannot end within this of vanilla's "
         "(default: 0.05)",
+    )
+    tu.add_argument(
+        "--dominance-margin",
+        type=_nonnegative_float,
+        default=0.25,
+        help="also prune a trial once a preset or a finished trial, at least as accurate as it "
+        "can still end, is cheaper than its running cost by more than this fraction "
+        "(0: off; default: 0.25)",
     )
     tu.add_argument(
         "--nfe-rows",

@@ -13,7 +13,9 @@ objectives:
   prices each forward's fixed part (weights streamed, kernels launched) in rows.
 
 A trial whose running accuracy can no longer reach the floor (vanilla's dev accuracy minus
-`max_drop`) is pruned before its last sample. The study lives in Optuna's SQLite storage in the
+`max_drop`) is pruned before its last sample, and so is one that can no longer reach the front:
+a preset or a finished trial at least as accurate as it could still end is cheaper than its
+running cost by more than `dominance_margin`. The study lives in Optuna's SQLite storage in the
 output directory, so a search resumes where it stopped; each trial's sampler is seeded from the
 study seed and the count of trials finished before it, so an interrupted and resumed search
 gives the same front as an uninterrupted one with the same seed and budget.
@@ -108,6 +110,9 @@ class TuneConfig:
     seed: int = 0
     sampler: str = "tpe"
     startup: int = 10  # TPE's random trials before it models the finished ones
+    # A trial is also stopped once a preset or a finished trial at least as accurate as it can
+    # still end is cheaper than its running cost by more than this fraction (0: off).
+    dominance_margin: float = 0.25
     max_drop: float = 0.05
     nfe_rows: float = 128.0
     batch: int = 8
@@ -152,8 +157,28 @@ def score(records: list[Record], spec: str, nfe_cells: float) -> Score:
 
 
 class Pruned(Exception):
-    def __init__(self, partial: Score):
-        self.partial = partial
+    """A trial stopped early: `reason` says why, `partial` what it had measured."""
+
+    def __init__(self, partial: Score, reason: str):
+        super().__init__(reason)
+        self.partial, self.reason = partial, reason
+
+
+def dominated(
+    correct: int, seen: int, n: int, cost: float, rivals: dict[str, dict], margin: float
+) -> str | None:
+    """Why a trial with `correct` of `seen` samples so far (of n), at running cost `cost`, can no
+    longer reach the front: a rival (a preset or a finished trial) at least as accurate as the
+    trial could still end up, and cheaper by more than `margin` (running costs move as samples
+    are added). None while it still can."""
+    best = (correct + n - seen) / n
+    for name, r in rivals.items():
+        if r["accuracy"] >= best and r["cost"] * (1 + margin) < cost:
+            return (
+                f"dominated by {name} (accuracy {r['accuracy']:.3f} >= {best:.3f} reachable, "
+                f"cost {r['cost']:.3f} against {cost:.3f})"
+            )
+    return None
 
 
 def evaluate(
@@ -164,10 +189,12 @@ def evaluate(
     floor: float | None,
     bar: tqdm | None = None,
     spec: str | None = None,
+    rivals: dict[str, dict] | None = None,
 ) -> Score:
     """Decode the dev slice in batches; raise Pruned once even all-correct remaining samples
-    could not lift the accuracy to `floor`. `spec`: what the score records (default: the
-    recipe's expanded spec)."""
+    could not lift the accuracy to `floor`, or (from the second batch on) once a rival
+    dominates it (see `dominated`). `spec`: what the score records (default: the recipe's
+    expanded spec)."""
     spec = recipe.spec if spec is None else spec
     samples = task.samples("test", cfg.dev_n, start=cfg.dev_start)
     nfe_cells = cfg.nfe_rows * lm.args.n_layers
@@ -181,8 +208,14 @@ def evaluate(
         if bar is not None:
             bar.update(len(chunk))
             bar.set_postfix(acc=f"{correct / len(records):.3f}")
-        if floor is not None and correct + len(samples) - len(records) < floor * len(samples):
-            raise Pruned(score(records, spec, nfe_cells))
+        n, seen = len(samples), len(records)
+        if floor is not None and correct + n - seen < floor * n:
+            raise Pruned(score(records, spec, nfe_cells), f"below the floor {floor:.3f}")
+        if rivals and seen < n and lo > 0:
+            now = score(records, spec, nfe_cells)
+            why = dominated(correct, seen, n, now.cost, rivals, cfg.dominance_margin)
+            if why is not None:
+                raise Pruned(now, why)
     return score(records, spec, nfe_cells)
 
 
@@ -331,14 +364,15 @@ def search(
         try:
             recipe = parse(spec)
             recipe.name = f"trial-{trial.number}"
-            s = evaluate(lm, task, recipe, cfg, floor, bar, spec=spec)
+            rivals = {}
+            if cfg.dominance_margin > 0:
+                rivals = {**presets, **{f"trial {p['trial']}": p for p in points(study)}}
+            s = evaluate(lm, task, recipe, cfg, floor, bar, spec=spec, rivals=rivals)
         except Pruned as p:
             trial.set_user_attr("partial", asdict(p.partial))
+            trial.set_user_attr("pruned", p.reason)
             study.tell(trial, state=TrialState.PRUNED)
-            log(
-                f"trial {trial.number}: pruned after {p.partial.n} samples "
-                f"(acc {p.partial.accuracy:.3f}) {spec}"
-            )
+            log(f"trial {trial.number}: pruned after {p.partial.n} samples, {p.reason}: {spec}")
         except KeyboardInterrupt:
             study.tell(trial, state=TrialState.FAIL)
             interrupted = True
