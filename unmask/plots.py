@@ -323,15 +323,14 @@ def tune_trials(
             label=f"Pareto front ({len(front)})",
             zorder=3,
         )
-    for name, p in presets.items():
-        ax.scatter(p["cost"], 100 * p["accuracy"], marker="*", s=120, color="k", zorder=4)
-        ax.annotate(
-            name,
-            (p["cost"], 100 * p["accuracy"]),
-            xytext=(4, 4),
-            fontsize=7,
-            textcoords="offset points",
-        )
+    placed: list[tuple[float, float]] = []
+    for name, p in sorted(presets.items(), key=lambda kv: kv[1]["cost"]):
+        x, y = p["cost"], 100 * p["accuracy"]
+        ax.scatter(x, y, marker="*", s=120, color="k", zorder=4)
+        # labels of presets that sit close together are stacked, not overprinted
+        near = sum(1 for px, py in placed if abs(np.log(x / px)) < 0.3 and abs(y - py) < 1.5)
+        placed.append((x, y))
+        ax.annotate(name, (x, y), xytext=(4, 4 - 9 * near), fontsize=7, textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("cost: cells per AR cell (log; forwards priced in rows)")
     ax.set_ylabel("dev accuracy (%)")

@@ -456,9 +456,13 @@ def write_front(study, presets: dict[str, dict], cfg: TuneConfig, out: Path) -> 
 
 
 def pick_candidates(front: list[dict], floor: float, limit: int) -> list[dict]:
-    """At most `limit` front points at or above the floor, spread evenly along the cost axis
-    (the cheapest and the most accurate always among them)."""
-    ok = [p for p in front if p["accuracy"] >= floor]
+    """At most `limit` front points at or above the floor, one per distinct (accuracy, cost),
+    spread evenly along the cost axis (the cheapest and the most accurate always among them)."""
+    ok, seen = [], set()
+    for p in front:  # trials that tie on both objectives decode alike: bench one of them
+        if p["accuracy"] >= floor and (p["accuracy"], p["cost"]) not in seen:
+            seen.add((p["accuracy"], p["cost"]))
+            ok.append(p)
     if len(ok) <= limit:
         return ok
     idx = sorted({round(i * (len(ok) - 1) / (limit - 1)) for i in range(limit)})
