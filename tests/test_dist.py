@@ -111,3 +111,32 @@ def test_lm_eval_adapter_follows_the_launchers_ranks(tmp_path):
     kw = {"until": ["\n\n"], "max_gen_toks": 16}
     alone = lm.generate_until([SimpleNamespace(args=(f"{i}+{i}=", kw)) for i in range(4)], True)
     assert result["got"] == [alone[0::2], alone[1::2]]
+
+
+@pytest.mark.slow
+def test_lm_eval_under_torchrun_gives_one_process_s_samples(tmp_path):
+    """The real thing: `torchrun -m lm_eval` on the example task logs the same prompts (few-shot
+    exemplars included) and answers as one lm-eval process. lm-eval's default random exemplar
+    draw differs across rank layouts, which is why the task takes the first ones."""
+    pytest.importorskip("lm_eval", reason="lm_eval not installed")
+    repo = Path(__file__).resolve().parent.parent
+    argv = [
+        "-m", "lm_eval", "--model", "unmask", "--model_args", "model=tiny-llada,recipe=fast-dllm",
+        "--tasks", "unmask_arith", "--include_path", "examples/lm_eval", "--num_fewshot", "1",
+        "--apply_chat_template", "--limit", "8", "--log_samples",
+    ]  # fmt: skip
+
+    def samples(out: Path) -> dict:
+        (path,) = out.glob("*/samples_unmask_arith_*.jsonl")
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        return {r["doc_id"]: (r["arguments"], r["resps"]) for r in rows}
+
+    kw = dict(capture_output=True, text=True, timeout=300, env=ENV, cwd=repo)
+    one = subprocess.run([sys.executable, *argv, "--output_path", str(tmp_path / "one")], **kw)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [TORCHRUN, "--nproc-per-node", "2", *argv, "--output_path", str(tmp_path / "two")], **kw
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    alone, ranked = samples(tmp_path / "one"), samples(tmp_path / "two")
+    assert len(alone) == 8 and ranked == alone
