@@ -216,3 +216,26 @@ def test_the_command_searches_validates_and_applies(tmp_path, capsys):
     code, stdout, err = run(["tune", "--apply", out], capsys)
     assert code == 0 and "chosen: trial-" in err
     parse(stdout.strip())
+
+
+def test_a_trial_that_raises_is_kept_as_failed_and_the_search_goes_on(
+    shipped, tmp_path, monkeypatch
+):
+    calls = {"n": 0}
+    real = tune.run_samples
+
+    def failing(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the preset's batch, then the first trial's
+            raise RuntimeError("boom")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tune, "run_samples", failing)
+    lines = []
+    cfg = config()
+    found = tune.search(
+        shipped, get_task("arith"), cfg, tmp_path, 3, progress=False, log=lines.append
+    )
+    states = [t.state.name for t in found.study.get_trials()]
+    assert states[0] == "FAIL" and len(tune.finished(found.study)) == 3
+    assert any("FAILED (RuntimeError: boom)" in line for line in lines)

@@ -315,7 +315,8 @@ def search(
     log: Callable[[str], None] = print,
 ) -> Search:
     """Run trials until the study holds `trials` finished ones. Ctrl-C ends the current trial
-    as failed (it does not count) and returns with `interrupted` set; the study is kept."""
+    as failed (it does not count) and returns with `interrupted` set; the study is kept. A
+    trial whose decoding raises is logged and kept as failed, and the search goes on."""
     check_spaces()
     optuna = _optuna()
     from optuna.trial import TrialState
@@ -377,6 +378,10 @@ def search(
             study.tell(trial, state=TrialState.FAIL)
             interrupted = True
             break
+        except Exception as e:  # a combination that cannot decode: said, kept, not counted
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            study.tell(trial, state=TrialState.FAIL)
+            log(f"trial {trial.number}: FAILED ({type(e).__name__}: {e}): {spec}")
         else:
             trial.set_user_attr("score", asdict(s))
             study.tell(trial, [s.accuracy, s.cost])
