@@ -264,6 +264,12 @@ def table(rows: list[dict]) -> str:
         ("x fast-dllm", "speedup_vs_fast_dllm", "{:.2f}"),
         ("wall s", "wall_s", "{:.1f}"),
     ]
+    return "\n".join(grid(cols, rows))
+
+
+def grid(cols: list[tuple[str, str, str]], rows: list[dict]) -> list[str]:
+    """Text table lines for (header, key, format) columns: a rule under the header, the first
+    column left-aligned and the rest right-aligned, "-" for a missing value."""
     cells = [[h for h, _, _ in cols]]
     for r in rows:
         cells.append(["-" if r.get(k) is None else f.format(r[k]) for _, k, f in cols])
@@ -273,7 +279,7 @@ def table(rows: list[dict]) -> str:
         for c in cells
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return lines
 
 
 def record_dicts(records: list[Record]) -> list[dict]:

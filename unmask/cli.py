@@ -245,8 +245,13 @@ def _task(args: argparse.Namespace):
     """The task named by --task, with the knobs the command line gave (and only those)."""
     from unmask.tasks import get_task
 
+    return get_task(args.task, **_task_knobs(args))
+
+
+def _task_knobs(args: argparse.Namespace) -> dict:
+    """The task knobs the command line gave (and only those)."""
     knobs = {"data": args.data, "shots": args.shots, "gen_len": args.gen_len}
-    return get_task(args.task, **{k: v for k, v in knobs.items() if v is not None})
+    return {k: v for k, v in knobs.items() if v is not None}
 
 
 def _fit(lm, task, recipe, n: int, chat: bool, start: int = 0) -> None:
@@ -703,11 +708,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cfg = tune.TuneConfig(
         model=str(args.model),
         task=task.name,
-        task_knobs={
-            k: getattr(args, k)
-            for k in ("data", "shots", "gen_len")
-            if getattr(args, k) is not None
-        },
+        task_knobs=_task_knobs(args),
         dev_start=args.dev_start,
         dev_n=args.dev_n,
         seed=args.seed,
@@ -720,8 +721,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         chat=chat,
         gen_len=task.gen_len,
     )
-    log = lambda line: tqdm_write(line)  # noqa: E731
-    found = tune.search(lm, task, cfg, out, args.trials, log=log)
+    found = tune.search(lm, task, cfg, out, args.trials, log=_log_line)
     result = tune.write_front(found.study, found.presets, cfg, out)
     print(tune.front_table(result["front"]), file=sys.stderr)
     print(f"front: {out / tune.FRONT}, plot: {out / tune.PLOT}", file=sys.stderr)
@@ -773,19 +773,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 130 if v["partial"] else 0
 
 
-def tqdm_write(line: str) -> None:
+def _log_line(line: str) -> None:
+    """One line on stderr that leaves the progress bars intact."""
     from tqdm import tqdm
 
     tqdm.write(line, file=sys.stderr)
 
 
 def _task_args(p: argparse.ArgumentParser, default_n: int) -> None:
-    p.add_argument(
-        "--task",
-        default="arith",
-        help="arith, reverse, wordy, gsm8k, humaneval or math500 (default: arith)",
-    )
-    p.add_argument("--data", metavar="PATH", default=None, help="the benchmark's data file")
+    """The task and its knobs, and the slice of test samples (--n, --start)."""
+    _task_options(p)
     p.add_argument(
         "--n", type=_positive, default=default_n, help=f"test samples (default: {default_n})"
     )
@@ -796,6 +793,16 @@ def _task_args(p: argparse.ArgumentParser, default_n: int) -> None:
         help="index of the first test sample (default: 0). Tune settings on a slice such as "
         "--start 1000 and report on the default one",
     )
+
+
+def _task_options(p: argparse.ArgumentParser) -> None:
+    """--task, its knobs (--data, --shots, --gen-len; read by _task) and --raw."""
+    p.add_argument(
+        "--task",
+        default="arith",
+        help="arith, reverse, wordy, gsm8k, humaneval or math500 (default: arith)",
+    )
+    p.add_argument("--data", metavar="PATH", default=None, help="the benchmark's data file")
     p.add_argument(
         "--shots", type=_nonnegative, default=None, help="few-shot exemplars (default: the task's)"
     )
@@ -1074,13 +1081,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tu.add_argument("--model", default="tiny-llada", help=MODEL_HELP)
-    tu.add_argument(
-        "--task", default="arith", help="arith, reverse, wordy, gsm8k, humaneval or math500"
-    )
-    tu.add_argument("--data", metavar="PATH", default=None, help="the benchmark's data file")
-    tu.add_argument("--shots", type=_nonnegative, default=None, help="few-shot exemplars")
-    tu.add_argument("--gen-len", type=_positive, default=None, help="positions to generate")
-    tu.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    _task_options(tu)
     tu.add_argument("--trials", type=_positive, default=None, help="finished trials in all")
     tu.add_argument("--out", default=None, help="the study's directory (resumed if it exists)")
     tu.add_argument(
@@ -1168,21 +1169,22 @@ point a recipe spec, and the presets), trials.png (every trial, the front, the p
 after validation validation.json and validation.png. Ctrl-C keeps the study."""
 
 
-def _fraction(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
     return value
 
 
 def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
     return value

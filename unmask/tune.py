@@ -32,7 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from unmask.bench import Record, run_samples
+from unmask.bench import Record, grid, run_samples, summarize
 from unmask.models.load import Loaded
 from unmask.policies.base import Choice, Int, check_space, fmt_value
 from unmask.recipe import ROLES, Recipe, parse
@@ -140,19 +140,20 @@ class Score:
     positions_per_nfe: float
 
 
-def score(records: list[Record], spec: str, nfe_cells: float) -> Score:
-    n = len(records)
-    floor = sum(r.ar_floor for r in records)
+def score(recipe: Recipe, records: list[Record], spec: str, nfe_cells: float) -> Score:
+    """bench's summary of the records, and the cost: each forward adds nfe_cells cells."""
+    s = summarize(recipe, records)
     nfe = sum(r.nfe for r in records)
     return Score(
         spec=spec,
-        n=n,
-        accuracy=sum(r.correct for r in records) / n,
-        cost=(sum(r.cost_rows for r in records) + nfe_cells * nfe) / floor,
-        nfe_per_sample=nfe / n,
-        rows_over_ar_floor=sum(r.rows for r in records) / floor,
-        cost_over_ar_floor=sum(r.cost_rows for r in records) / floor,
-        positions_per_nfe=sum(r.all_tokens for r in records) / max(1, nfe),
+        n=s["n"],
+        accuracy=s["accuracy"],
+        cost=(sum(r.cost_rows for r in records) + nfe_cells * nfe)
+        / sum(r.ar_floor for r in records),
+        nfe_per_sample=s["nfe_per_sample"],
+        rows_over_ar_floor=s["rows_over_ar_floor"],
+        cost_over_ar_floor=s["cost_over_ar_floor"],
+        positions_per_nfe=s["positions_per_nfe"],
     )
 
 
@@ -210,13 +211,13 @@ def evaluate(
             bar.set_postfix(acc=f"{correct / len(records):.3f}")
         n, seen = len(samples), len(records)
         if floor is not None and correct + n - seen < floor * n:
-            raise Pruned(score(records, spec, nfe_cells), f"below the floor {floor:.3f}")
+            raise Pruned(score(recipe, records, spec, nfe_cells), f"below the floor {floor:.3f}")
         if rivals and seen < n and lo > 0:
-            now = score(records, spec, nfe_cells)
+            now = score(recipe, records, spec, nfe_cells)
             why = dominated(correct, seen, n, now.cost, rivals, cfg.dominance_margin)
             if why is not None:
                 raise Pruned(now, why)
-    return score(records, spec, nfe_cells)
+    return score(recipe, records, spec, nfe_cells)
 
 
 def front_of(points: list[dict]) -> list[dict]:
@@ -323,20 +324,17 @@ def search(
 
     study = open_study(out, cfg)
     presets = dict(study.user_attrs.get("presets", {}))
+
+    def bar(desc: str) -> tqdm:
+        return tqdm(total=cfg.dev_n, desc=desc, unit="sample", disable=not progress, leave=False)
+
     interrupted = False
     try:
         for name in cfg.presets:  # the reference points, measured once per study
             if name in presets:
                 continue
-            bar = tqdm(
-                total=cfg.dev_n,
-                desc=f"preset {name}",
-                unit="sample",
-                disable=not progress,
-                leave=False,
-            )
-            s = evaluate(lm, task, parse(name), cfg, None, bar)
-            bar.close()
+            with bar(f"preset {name}") as b:
+                s = evaluate(lm, task, parse(name), cfg, None, b)
             presets[name] = asdict(s)
             study.set_user_attr("presets", presets)
             log(f"preset {name}: dev accuracy {s.accuracy:.3f}, cost {s.cost:.3f} cells/AR")
@@ -355,20 +353,14 @@ def search(
         trial = study.ask()
         spec = suggest(trial, cfg.gen_len)
         trial.set_user_attr("spec", spec)
-        bar = tqdm(
-            total=cfg.dev_n,
-            desc=f"trial {len(done) + 1}/{trials}",
-            unit="sample",
-            disable=not progress,
-            leave=False,
-        )
+        b = bar(f"trial {len(done) + 1}/{trials}")
         try:
             recipe = parse(spec)
             recipe.name = f"trial-{trial.number}"
             rivals = {}
             if cfg.dominance_margin > 0:
                 rivals = {**presets, **{f"trial {p['trial']}": p for p in points(study)}}
-            s = evaluate(lm, task, recipe, cfg, floor, bar, spec=spec, rivals=rivals)
+            s = evaluate(lm, task, recipe, cfg, floor, b, spec=spec, rivals=rivals)
         except Pruned as p:
             trial.set_user_attr("partial", asdict(p.partial))
             trial.set_user_attr("pruned", p.reason)
@@ -387,7 +379,7 @@ def search(
             study.tell(trial, [s.accuracy, s.cost])
             log(f"trial {trial.number}: acc {s.accuracy:.3f} cost {s.cost:.3f} {spec}")
         finally:
-            bar.close()
+            b.close()
         run += 1
         log(summary_line(points(study), presets, cfg.max_drop))
     return Search(study, presets, floor, run, interrupted)
@@ -419,15 +411,11 @@ def front_table(front: list[dict]) -> str:
         ("nfe/s", "nfe_per_sample", "{:.1f}"),
         ("pos/F", "positions_per_nfe", "{:.1f}"),
         ("rows/AR", "rows_over_ar_floor", "{:.2f}"),
-        ("spec", "spec", "{}"),
     ]
-    cells = [[h for h, _, _ in cols]] + [[f.format(p[k]) for _, k, f in cols] for p in front]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(cols) - 1)]
-    lines = [
-        "  ".join([*(c[i].rjust(widths[i]) for i in range(len(widths))), c[-1]]) for c in cells
-    ]
-    lines.insert(1, "-" * max(len(x) for x in lines))
-    return "\n".join(lines)
+    specs = ["spec", "", *(p["spec"] for p in front)]  # long: last, unpadded
+    return "\n".join(
+        f"{line}  {spec}".rstrip() for line, spec in zip(grid(cols, front), specs, strict=True)
+    )
 
 
 def write_front(study, presets: dict[str, dict], cfg: TuneConfig, out: Path) -> dict:
@@ -530,9 +518,8 @@ def chosen(out: Path, within: float | None = None) -> tuple[str, str]:
     if not ok:
         raise ValueError(f"no front point in {out / FRONT} is within reach of vanilla's accuracy")
     p = ok[0]
-    return p[
-        "spec"
-    ], f"trial-{p['trial']}: dev accuracy {p['accuracy']:.3f}, {p['cost']:.3f} cells/AR"
+    why = f"trial-{p['trial']}: dev accuracy {p['accuracy']:.3f}, {p['cost']:.3f} cells/AR"
+    return p["spec"], why
 
 
 def validate(
