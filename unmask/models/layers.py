@@ -34,6 +34,11 @@ class ModelArgs:
     mask_id: int
     eos_id: int
     logit_shift: bool  # Dream predicts position p from the output at p-1
+    # How the family's released decoders open a block (a decoding convention, not a property of
+    # the weights; set by the family file): Fast-dLLM's and CadLLM's Dream loops reveal only the
+    # block's first position, greedily, at its first step, and CadLLM's confidence history and
+    # top-V list leave that step out. LLaDA's decoders have no such step.
+    block_head_first: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -66,19 +71,27 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(pos: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos/sin [B, N, head_dim] for integer positions [B, N], computed in float32."""
+    """cos and signed sin [B, N, head_dim] for integer positions [B, N], computed in float32.
+    The sine's first half is negated once here, so that rotating is x * cos + swap(x) * sin
+    with no negation per call (negation is exact: the same bits as rotate-half)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device).float() / head_dim))
     freqs = pos.float()[..., None] * inv_freq  # [B, N, head_dim/2]
     emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
+    sin = emb.sin()
+    sin[..., : head_dim // 2].neg_()
+    return emb.cos(), sin
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [B, H, N, Dh]; rotate-half (NeoX) layout, as both LLaDA and Dream use."""
+    """x [B, H, N, Dh], with rope_tables' cos and signed sin; rotate-half (NeoX) layout, as both
+    LLaDA and Dream use: x * cos + cat(-x2, x1) * sin, computed as x * cos + cat(x2, x1) * sin'
+    (sin' = cat(-sin1, sin2)) in two products and one sum, each rounded as the reference's, in
+    place where a new tensor is not needed."""
     xf = x.float()
     half = xf.shape[-1] // 2
-    rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
-    out = xf * cos[:, None] + rotated * sin[:, None]
+    out = xf * cos[:, None]
+    swapped = torch.cat([xf[..., half:], xf[..., :half]], dim=-1)
+    out += swapped.mul_(sin[:, None])
     return out.to(x.dtype)
 
 
@@ -161,7 +174,10 @@ class Layer(nn.Module):
             gate, up = F.linear(n, self.gate_up_weight).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(n), self.up_proj(n)
-        return self.down_proj(F.silu(gate) * up)
+        act = F.silu(gate)
+        # in place when decoding (the same bits); training keeps autograd's saved values
+        act = act * up if torch.is_grad_enabled() else act.mul_(up)
+        return self.down_proj(act)
 
     def project(self, normed: Tensor) -> tuple[Tensor, Tensor]:
         """Q and K side by side [B, N, (H + Hkv) * Dh], and V [B, N, Hkv * Dh], of `normed`
