@@ -19,7 +19,7 @@ from unmask.recipe import parse
 
 def blocks_with(history, **kw) -> AdaptiveBlocks:
     b = AdaptiveBlocks(**kw)
-    b.reset(SimpleNamespace(logit_shift=False, batch=1))
+    b.reset(SimpleNamespace(block_head_first=False, batch=1))
     b.hist.values = list(history)
     return b
 
@@ -46,23 +46,23 @@ def test_first_block_and_switches_use_the_initial_values():
     assert blocks_with([0.9, 0.9]).next_block(240, ctx).end == 256
 
 
-def test_history_skips_dream_block_start_and_empty_steps():
+def test_history_skips_a_head_first_block_start_and_empty_steps():
     ev = SimpleNamespace(
         step_in_block=0,
         masked=torch.tensor([[True, False, True]]),
         conf=torch.tensor([[0.2, 0.9, 0.6]]),
     )
     h = ConfidenceHistory()
-    h.observe(ev, dream=False)
-    h.observe(ev, dream=True)
+    h.observe(ev, head_first=False)
+    h.observe(ev, head_first=True)
     ev.step_in_block, ev.masked = 1, torch.zeros(1, 3, dtype=torch.bool)
-    h.observe(ev, dream=False)
+    h.observe(ev, head_first=False)
     assert h.values == [pytest.approx(0.4)]
 
 
 def vocab(g_block_start, hist=(), committed=(), step=0, steps=10, length=16, gen_len=160):
     s = TopV()
-    s.reset(SimpleNamespace(logit_shift=False, batch=1))
+    s.reset(SimpleNamespace(block_head_first=False, batch=1))
     s.hist.values, s.committed = list(hist), list(committed)
     ctx = SimpleNamespace(
         gen_len=gen_len,
@@ -98,7 +98,7 @@ def test_repetition_score():
 
 def test_topv_confidence_is_renormalised_over_the_top_v():
     s = TopV(v_init=2, v_min=1, v_max=1000, adaptive=False)
-    s.reset(SimpleNamespace(logit_shift=False, batch=1))
+    s.reset(SimpleNamespace(block_head_first=False, batch=1))
     logits = torch.log(torch.tensor([[[0.5, 0.3, 0.2]]]))
     ctx = SimpleNamespace(temperature=0.0, generators=[torch.Generator()])
     cand, conf = s.score(logits, ctx)

@@ -259,6 +259,21 @@ def test_decision_rows_follow_the_logit_shift(real, shift):
         assert rows.tolist() == [list(range(lo, lo + ev.block.length))]
 
 
+@pytest.mark.parametrize("head_first", [False, True])
+@pytest.mark.parametrize("shift", [False, True])
+def test_a_block_opens_with_its_head_as_the_model_arg_says(real, shift, head_first):
+    """Dream's block-start quirk (reveal only the first position) follows the model's
+    `block_head_first`, which the family file sets, not the logit shift."""
+    lm = mock(real, logit_shift=shift, block_head_first=head_first)
+    recipe = parse("vanilla+unmask=threshold:tau=0")  # tau 0: every masked position at once
+    events, _ = decode(lm, PROMPTS[0], recipe, 16, block_len=8)
+    starts = [ev for ev in events if ev.step_in_block == 0]
+    assert len(starts) == 2
+    for ev in starts:
+        revealed = ev.reveal[0].nonzero().flatten().tolist()
+        assert revealed == ([0] if head_first else list(range(8)))
+
+
 def test_mask_token_is_never_revealed(real):
     """A model whose favourite token is MASK must still finish, with no MASK in the output."""
     a = real.args

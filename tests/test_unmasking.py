@@ -13,7 +13,7 @@ class Ctx:
 
         self.block = Block(0, 8, steps)
         self.step_in_block = i
-        self.logit_shift = False
+        self.block_head_first = False
 
 
 def test_top_k_mask_picks_most_confident_masked_only():

@@ -145,6 +145,7 @@ class Engine:
             n_layers=a.n_layers,
             mask_id=a.mask_id,
             logit_shift=a.logit_shift,
+            block_head_first=a.block_head_first,
             temperature=recipe.temperature,
             generator=torch.Generator().manual_seed(recipe.seed),
         )

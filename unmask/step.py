@@ -36,6 +36,7 @@ class RowState:
     n_layers: int
     mask_id: int
     logit_shift: bool  # model arg: position p is predicted from the output at p-1 (Dream)
+    block_head_first: bool  # model arg: a block's first step reveals only its first position
     temperature: float
     generator: torch.Generator  # this row's random stream, seeded from the request
     step: int = 0
@@ -66,6 +67,9 @@ class RowView:
     n_layers = property(lambda self: self._s.n_layers)
     mask_id = property(lambda self: self._s.mask_id)
     logit_shift = property(lambda self: self._s.logit_shift, doc="model arg (Dream: True)")
+    block_head_first = property(
+        lambda self: self._s.block_head_first, doc="model arg (Dream: True); see ModelArgs"
+    )
     temperature = property(lambda self: self._s.temperature)
     step = property(lambda self: self._s.step, doc="steps this row has taken")
     nfe = property(lambda self: self._s.nfe, doc="forwards so far (incremented after each)")

@@ -169,6 +169,7 @@ def new_model(cfg: TrainConfig, tok: Tokenizer) -> Transformer:
         mask_id=tok.token_to_id(MASK_TOKEN[cfg.family]),
         eos_id=tok.token_to_id("<|endoftext|>"),
         logit_shift=cfg.family == "dream",
+        block_head_first=cfg.family == "dream",
     )
     model = Transformer(args)
     for name, p in model.named_parameters():

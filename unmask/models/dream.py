@@ -33,6 +33,7 @@ def args_from_config(cfg: dict) -> ModelArgs:
         mask_id=cfg["mask_token_id"],
         eos_id=cfg["eos_token_id"],
         logit_shift=True,
+        block_head_first=True,
     )
 
 

@@ -178,13 +178,14 @@ def fresh(policy: Policy) -> Policy:
 class ConfidenceHistory:
     """CadLLM's feedback signal: after every forward, the mean confidence of the block positions
     that were masked before that step's reveals (of its own row: each row keeps its own).
-    Dream's block-start forward, which reveals the block's first token unconditionally, adds
-    nothing. Kept by each policy that reads it, from the same step events."""
+    A block-start forward that reveals the block's first token unconditionally (the model's
+    `block_head_first`, Dream's released loops) adds nothing. Kept by each policy that reads it,
+    from the same step events."""
 
     values: list[float] = dataclasses.field(default_factory=list)
 
-    def observe(self, event: Any, dream: bool) -> None:
-        if dream and event.step_in_block == 0:
+    def observe(self, event: Any, head_first: bool) -> None:
+        if head_first and event.step_in_block == 0:
             return
         if bool(event.masked.any()):
             self.values.append(float(event.conf[event.masked].double().mean()))

@@ -89,7 +89,7 @@ class AdaptiveBlocks(BlockSchedule):
     adaptive_len: bool = True
     adaptive_steps: bool = True
     hist: ConfidenceHistory = field(default_factory=ConfidenceHistory, init=False, repr=False)
-    _dream: bool = field(default=False, init=False, repr=False)
+    _head_first: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,10 +99,10 @@ class AdaptiveBlocks(BlockSchedule):
     def reset(self, req) -> None:
         self.hist = ConfidenceHistory()
         self.info = {}
-        self._dream = req.logit_shift
+        self._head_first = req.block_head_first
 
     def observe(self, event) -> None:
-        self.hist.observe(event, self._dream)
+        self.hist.observe(event, self._head_first)
         self.info["confidence"] = self.hist.values[-1] if self.hist.values else None
 
     def next_block(self, start: int, ctx) -> Block:

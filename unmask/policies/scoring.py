@@ -100,7 +100,7 @@ class TopV(Scorer):
     adaptive: bool = True
     hist: ConfidenceHistory = field(default_factory=ConfidenceHistory, init=False, repr=False)
     committed: list[int] = field(default_factory=list, init=False, repr=False)
-    _dream: bool = field(default=False, init=False, repr=False)
+    _head_first: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,11 +111,11 @@ class TopV(Scorer):
         self.hist = ConfidenceHistory()
         self.committed = []
         self.info = {}
-        self._dream = req.logit_shift
+        self._head_first = req.block_head_first
 
     def observe(self, event) -> None:
-        self.hist.observe(event, self._dream)
-        if self._dream and event.step_in_block == 0:
+        self.hist.observe(event, self._head_first)
+        if self._head_first and event.step_in_block == 0:
             return  # the Dream code leaves its block-start token out of the list, as the history
         # Commit order: step by step, left to right within a step.
         self.committed = (self.committed + event.cand[0][event.reveal[0]].tolist())[-50:]

@@ -63,8 +63,9 @@ def top1(conf: Tensor, masked: Tensor) -> Tensor:
 
 def dream_block_start(flag: bool | None, ctx) -> bool:
     """Fast-dLLM's and CadLLM's Dream code reveal only a block's first position, greedily, at the
-    block's first step (None: on for Dream, off for LLaDA)."""
-    on = ctx.logit_shift if flag is None else flag
+    block's first step (None: as the model's `block_head_first` says: on for Dream, off for
+    LLaDA)."""
+    on = ctx.block_head_first if flag is None else flag
     return on and ctx.step_in_block == 0
 
 
