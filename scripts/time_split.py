@@ -53,9 +53,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--gen-len", type=int, default=None)
+    p.add_argument("--cuda-graphs", action="store_true", help="replay one-row steps as graphs")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     lm = load(a.model, device=a.device)
+    lm.graphs = a.cuda_graphs
     task = get_task(a.task, **({"gen_len": a.gen_len} if a.gen_len else {}))
     recipe = parse(a.recipe)
     samples = task.samples("test", a.n)
@@ -86,9 +88,10 @@ def main() -> None:
         out[name] = (len(part), t, floor)
     host = wall - sum(v[1] for v in out.values())
     n = len(samples)
+    graphs = ", CUDA graphs" if a.cuda_graphs else ""
     print(
-        f"{a.recipe} on {a.model}, {a.task}, {n} samples, {a.threads} thread(s); matmul rate "
-        f"{rate / 1e9:.0f} GFLOP/s"
+        f"{a.recipe} on {a.model}, {a.task}, {n} samples, {a.threads} thread(s){graphs}; matmul "
+        f"rate {rate / 1e9:.0f} GFLOP/s"
     )
     print(f"{'part':28s} {'calls/sample':>12s} {'ms/sample':>10s} {'floor ms':>9s} {'x floor':>8s}")
     for name, (calls, t, floor) in out.items():

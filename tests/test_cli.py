@@ -61,6 +61,7 @@ def test_generate_json_has_text_ids_and_metrics(tiny, capsys):
         (["generate", "--device", "foo", "x"], "unknown device 'foo'"),
         (["generate", "--device", "cuda:99", "x"], "CUDA GPU"),
         (["generate", "--device", "cpu:1", "x"], "one CPU device"),
+        (["generate", "--device", "cpu", "--cuda-graphs", "x"], "--cuda-graphs needs a CUDA"),
         (["train", "--workers", "-1"], "must be >= 0"),
         (["train", "--device", "mps", "--out", "/nonexistent/x"], "unsupported device 'mps'"),
     ],

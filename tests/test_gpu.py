@@ -78,3 +78,34 @@ def test_training_on_cuda_resumes_on_the_cpu_and_the_loss_falls(tmp_path):
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").open()]
     assert [h["step"] for h in history] == [20, 40, 60]
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+@pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graphs_decode_as_eager_for_every_preset(name, dtype, monkeypatch):
+    """Captured and replayed one-row steps (models/graphs.py) give eager decoding's tokens, NFE
+    and cells, and the fixed-rows presets do replay."""
+    import dataclasses
+
+    import unmask.engine
+    from unmask.recipe import PRESETS
+
+    eager = load(name, device="cuda", dtype=dtype)
+    graphed = dataclasses.replace(eager, graphs=True)
+    made = []
+
+    class Recorded(unmask.engine.StepGraphs):
+        def __init__(self, capture: bool):
+            assert capture
+            super().__init__(capture)
+            made.append(self)
+
+    monkeypatch.setattr(unmask.engine, "StepGraphs", Recorded)
+    prompts = [s.prompt for s in get_task("arith", shots=0).samples("test", 3)]
+    for preset in PRESETS:
+        recipe = parse(preset + "+gen_len=64")
+        for p in prompts:
+            want = [(o.ids, o.metrics.nfe, o.metrics.rows) for o in generate(eager, p, recipe)]
+            got = [(o.ids, o.metrics.nfe, o.metrics.rows) for o in generate(graphed, p, recipe)]
+            assert got == want, (preset, p)
+    assert sum(g.captured for g in made) > 0 and sum(g.replays for g in made) > 0

@@ -42,6 +42,7 @@ class Cache:
         self.shape_features = (n_layers, B, T, d_model)
         self.layers = [LayerCache(self, i) for i in range(n_layers)]
         self.rope: tuple[Tensor, Tensor] | None = None  # the request's RoPE tables [B, T, Dh]
+        self.graphs = None  # a one-row request's replayable steps (models/graphs.StepGraphs)
         # (position x layer) cells whose V alone was projected (the V-proxy policies' similarity
         # signal and fresh-V refresh) on top of the recomputed rows, per sample, since last read.
         # Kept on the device (no sync per layer); the loop reads it once per step.
@@ -77,6 +78,7 @@ class Cache:
         view.shape_features = (n_layers, 1, hi - lo, D)
         view.layers = [LayerCache(view, i) for i in range(n_layers)]
         view.rope = None
+        view.graphs = None
         view.v_only = torch.zeros(1, dtype=torch.long, device=self.k.device)
         view._parent = (self, b, lo, hi)
         return view

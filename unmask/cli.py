@@ -111,6 +111,23 @@ def _nonnegative(text: str) -> int:
     return value
 
 
+GRAPHS_HELP = (
+    "replay a one-row request's fixed-rows steps (vanilla, fast-dllm, cadllm, dkv-cache) as CUDA "
+    "graphs: the same tokens with one launch per step; needs a CUDA device (experimental: the "
+    "replay bookkeeping is tested on CPU, the capture only on a GPU, see docs/gpu.md)"
+)
+
+
+def _graphs(lm, on: bool):
+    """Turn replayed steps on for a loaded model (`--cuda-graphs`), on a CUDA device only."""
+    if on:
+        dev = next(lm.model.parameters()).device
+        if dev.type != "cuda":
+            raise CliError(f"--cuda-graphs needs a CUDA device; this run is on {dev}")
+        lm.graphs = True
+    return lm
+
+
 def _device(name: str | None) -> str:
     import torch
 
@@ -160,6 +177,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_plot(args.plot_conf, "--plot-conf")
     check_plot(args.plot_rows, "--plot-rows")
     lm = load(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
+    _graphs(lm, args.cuda_graphs)
     events = list(
         stream_generate(
             lm,
@@ -288,6 +306,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     group = setup(args.device)
     device = rank_device(group, args.device)
     lm = load(args.model, device=_device(device), dtype=_dtype(args.dtype))
+    _graphs(lm, args.cuda_graphs)
     chat = not args.raw
     _fit(lm, task, recipe, args.n, chat, start=args.start)
     samples = task.samples("test", args.n, start=args.start)
@@ -423,6 +442,7 @@ def run_bench(
     records_path: str | None = None,
     start: int = 0,
     dtype: str | None = None,
+    graphs: bool = False,
 ) -> dict:
     from unmask.bench import bench, machine, table, trace
     from unmask.models.load import load
@@ -444,6 +464,7 @@ def run_bench(
 
     group = setup(device)
     lm = load(model, device=_device(rank_device(group, device)), dtype=_dtype(dtype))
+    _graphs(lm, graphs)
     for recipe in recipes:
         _fit(lm, task, recipe, n + warmup, chat, start=start)
     from dataclasses import asdict
@@ -564,6 +585,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         records_path=args.records,
         start=args.start,
         dtype=args.dtype,
+        graphs=args.cuda_graphs,
     )
     if not result:  # a data-parallel rank other than 0: rank 0 reports
         return 0
@@ -852,6 +874,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--raw", action="store_true", help="do not apply the chat template")
     g.add_argument("--device", default=None, help=DEVICE_HELP)
     g.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
+    g.add_argument("--cuda-graphs", action="store_true", help=GRAPHS_HELP)
     g.add_argument(
         "--json", action="store_true", help="print one JSON object: text, generated ids, metrics"
     )
@@ -897,6 +920,7 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--device", default=None, help=DEVICE_HELP)
     e.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
+    e.add_argument("--cuda-graphs", action="store_true", help=GRAPHS_HELP)
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser(
@@ -931,6 +955,7 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--device", default=None, help=DEVICE_HELP)
     b.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
+    b.add_argument("--cuda-graphs", action="store_true", help=GRAPHS_HELP)
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser(
@@ -1067,6 +1092,7 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch")
     sv.add_argument("--device", default=None, help=DEVICE_HELP)
     sv.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
+    sv.add_argument("--cuda-graphs", action="store_true", help=GRAPHS_HELP)
     sv.set_defaults(func=cmd_serve)
 
     tu = sub.add_parser(
@@ -1232,6 +1258,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     lm = load(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
+    _graphs(lm, args.cuda_graphs)
     limits = Limits(args.max_rows, args.max_queue, args.max_len, args.timeout)
     app = build_app(lm, str(args.model), args.recipe, limits)
     print(f"unmask serve: {args.model} on http://{args.host}:{args.port}", file=sys.stderr)

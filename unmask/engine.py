@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from unmask.cache import Cache
+from unmask.models.graphs import StepGraphs
 from unmask.policies.blocks import Block
 from unmask.policies.refresh import FixedPlan
 from unmask.policies.unmasking import top_k_mask
@@ -185,6 +186,8 @@ class Engine:
         cache = Cache(
             a.n_layers, B, a.n_kv_heads, T, a.head_dim, a.d_model, self.dtype, self.device
         )
+        if B == 1 and getattr(self.lm, "graphs", False):
+            cache.graphs = StepGraphs(capture=cache.k.is_cuda)
         old = self.cache
         if old is not None and old.attn is not None:
             cache.features()

@@ -298,16 +298,21 @@ class Transformer(nn.Module):
             if plan.batch > 1:
                 return self._run_packed(canvas, key_mask, plan, cache, mask)
             rows, n = mask_to_rows(mask)
+            graphs = getattr(cache, "graphs", None)
+            if graphs is not None and key_mask is None:  # a replayed step (models/graphs.py)
+                hidden = graphs.run(self, canvas, plan, cache, rows)
+                return hidden, n[:, None].expand(-1, len(self.layers)).clone()
             return self._run_fixed(canvas, key_mask, plan, cache, rows, n)
         warm = [True] * plan.batch if warm is None else warm
         return self._run_layered(canvas, key_mask, plan, cache, warm, fixed)
 
-    def _run_fixed(self, canvas, key_mask, plan, cache, rows, n):
+    def _run_fixed(self, canvas, key_mask, plan, cache, rows, n, gather: bool = False):
         # The same rows at every layer: carry only those rows; everything else is read from K/V.
         # When they are one span shared by every sample (a block, a suffix, the whole canvas)
-        # they are sliced rather than gathered, and K/V are written by slice.
+        # they are sliced rather than gathered, and K/V are written by slice. `gather`: always
+        # by index, with no host read (a graph's fixed addresses; n may then be None).
         T, N = canvas.shape[1], rows.shape[1]
-        span = _common_span(rows, n)
+        span = None if gather else _common_span(rows, n)
         if span is not None:
             at = span if span != slice(0, T) else None
             x = self.embed(canvas[:, span])  # [B, N, D]
@@ -324,6 +329,8 @@ class Transformer(nn.Module):
             # the last layer: K/V of every carried row, the rest for the decision rows only
             x = layer.step(x, rope, key_mask, handle, at, keep=where if i == last else None)[0]
         hidden = x * found[..., None]  # [B, M, D]
+        if n is None:
+            return hidden, None
         return hidden, n[:, None].expand(-1, len(self.layers)).clone()
 
     def _run_packed(self, canvas, key_mask, plan, cache, mask):

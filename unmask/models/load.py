@@ -36,6 +36,9 @@ class Loaded:
     args: ModelArgs
     path: Path
     eot_id: int | None  # end of turn (<|eot_id|> / <|im_end|>); stops a row like EOS
+    # Replay one-row fixed-rows steps as CUDA graphs (models/graphs.py); on a CPU the same
+    # bookkeeping runs without capture (tests). Off unless asked for (`--cuda-graphs`).
+    graphs: bool = False
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
