@@ -60,6 +60,14 @@ def test_history_skips_a_head_first_block_start_and_empty_steps():
     assert h.values == [pytest.approx(0.4)]
 
 
+def test_every_block_is_clamped_into_its_range_the_first_too():
+    # calculate_adaptive_block_size clamps B = initial_block_length as it clamps the adaptive B
+    ctx = SimpleNamespace(gen_len=256)
+    assert blocks_with([], init_len=2).next_block(0, ctx).length == 4
+    assert blocks_with([], init_len=100).next_block(0, ctx).length == 64
+    assert blocks_with([0.9], init_len=100, adaptive_len=False).next_block(0, ctx).length == 64
+
+
 def vocab(g_block_start, hist=(), committed=(), step=0, steps=10, length=16, gen_len=160):
     s = TopV()
     s.reset(SimpleNamespace(block_head_first=False, batch=1))

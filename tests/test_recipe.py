@@ -11,7 +11,7 @@ from unmask.policies.base import SpecError
 from unmask.recipe import PRESETS, Recipe, parse
 
 VANILLA = (
-    "blocks=fixed:len=none,steps=none+refresh=none+scorer=maxprob+unmask=quota+temperature=0+seed=0"
+    "blocks=fixed:len=none,steps=none+refresh=none+scorer=maxprob:probs=float64+unmask=quota+temperature=0+seed=0"
 )
 
 
@@ -39,7 +39,7 @@ def test_items_override_the_preset_in_order():
     assert (r.blocks.len, r.blocks.steps) == (8, 12)
     assert (r.gen_len, r.temperature, r.seed) == (24, 0.5, 3)
     assert r.spec == (
-        "blocks=fixed:len=8,steps=12+refresh=none+scorer=maxprob+unmask=quota"
+        "blocks=fixed:len=8,steps=12+refresh=none+scorer=maxprob:probs=float64+unmask=quota"
         "+gen_len=24+temperature=0.5+seed=3"
     )
     assert parse(r.spec).spec == r.spec

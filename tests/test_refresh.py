@@ -181,6 +181,24 @@ def test_dcu_default_sizes_follow_the_paper() -> None:
     assert DCU(budget=8, window=4).sizes(SimpleNamespace(gen_len=512)) == (8, 4)
 
 
+def test_dcu_budget_layers_gives_the_released_code_s_32_layer_total(tiny_loaded):
+    """budget_layers=32 on this shallow model: from the second cached step each layer's budget is
+    budget * 32 / n_layers, as the released code's int(B * 32 * w) with uniform w; unset, B."""
+    n = tiny_loaded.args.n_layers
+    assert n != 32
+
+    def rows(extra):
+        spec = f"vanilla+refresh=dcu:budget=2,window=0,alloc=uniform,gen_interval=5000{extra}"
+        events = list(stream_generate(tiny_loaded, PROMPT, parse(spec), gen_len=24))
+        return [ev.rows[0].tolist() for ev in events]
+
+    plain, code = rows(""), rows(",budget_layers=32")
+    # step 0 computes everything; step 1, the first cached one, has measured nothing yet
+    assert plain[1] == code[1] == [1 + 2] * n  # the key token's window (1 row) + the budget
+    assert len(plain) > 3 and all(r == [1 + 2] * n for r in plain[2:])
+    assert all(r == [1 + min(2 * 32 // n, 24 - 1)] * n for r in code[2:])  # capped at G - 1
+
+
 @pytest.mark.parametrize("proxy", ["x", "v"])
 def test_dcu_fresh_v_switch_is_honoured_by_both_proxies(tiny_loaded, proxy):
     """fresh_v=false keeps the cached V of rows DCU skips; true overwrites it with the fresh V.

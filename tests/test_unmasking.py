@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from unmask.policies.unmasking import Factor, Quota, Threshold, top_k_mask
@@ -74,3 +75,30 @@ def test_factor_thresholds_are_float64_as_the_reference():
     masked = torch.ones_like(conf, dtype=torch.bool)
     reveal = Factor(factor=1.0, dream_first=False).select(conf, masked, None)
     assert reveal.tolist() == [[True, True, True, True, False, False]]
+
+
+def test_confidence_in_the_model_dtype_ties_near_one_as_the_references_do():
+    """scorer=maxprob:probs=model takes the softmax in the model's dtype (dLLM-Cache's and
+    Dynamic-dLLM's code): in bfloat16 two confidences near 1.0 round to the same value and the
+    tie goes to the first position, where float64 (the default) ranks them."""
+    from types import SimpleNamespace
+
+    from unmask.policies.scoring import MaxProb
+    from unmask.recipe import parse
+
+    logits = torch.full((1, 2, 8), -4.0)
+    logits[0, 0, 3], logits[0, 1, 5] = 6.0, 6.5  # p ~ 0.9991 and ~ 0.9994
+    masked = torch.ones(1, 2, dtype=torch.bool)
+    k1 = torch.ones(1, dtype=torch.long)
+    for probs, dtype, first in (("float64", torch.float64, 1), ("model", torch.bfloat16, 0)):
+        ctx = SimpleNamespace(temperature=0.0, generators=None, model_dtype=torch.bfloat16)
+        cand, conf = MaxProb(probs=probs).score(logits, ctx)
+        assert cand.tolist() == [[3, 5]] and conf.dtype == dtype
+        assert top_k_mask(conf, masked, k1)[0].nonzero().item() == first
+    # float32 models: the model dtype is float32
+    ctx = SimpleNamespace(temperature=0.0, generators=None, model_dtype=torch.float32)
+    assert MaxProb(probs="model").score(logits, ctx)[1].dtype == torch.float32
+    assert parse("dllm-cache+scorer=maxprob:probs=model").scorer.probs == "model"
+    assert parse("dynamic-dllm+unmask=apd:probs=model").unmask.probs == "model"
+    with pytest.raises(Exception, match="float64 or model"):
+        parse("vanilla+scorer=maxprob:probs=half")

@@ -147,6 +147,7 @@ class Engine:
             mask_id=a.mask_id,
             logit_shift=a.logit_shift,
             block_head_first=a.block_head_first,
+            model_dtype=self.dtype,
             temperature=recipe.temperature,
             generator=torch.Generator().manual_seed(recipe.seed),
         )

@@ -37,6 +37,7 @@ class RowState:
     mask_id: int
     logit_shift: bool  # model arg: position p is predicted from the output at p-1 (Dream)
     block_head_first: bool  # model arg: a block's first step reveals only its first position
+    model_dtype: torch.dtype  # the weights' and activations' dtype (logits arrive in float32)
     temperature: float
     generator: torch.Generator  # this row's random stream, seeded from the request
     step: int = 0
@@ -70,6 +71,7 @@ class RowView:
     block_head_first = property(
         lambda self: self._s.block_head_first, doc="model arg (Dream: True); see ModelArgs"
     )
+    model_dtype = property(lambda self: self._s.model_dtype, doc="the model's compute dtype")
     temperature = property(lambda self: self._s.temperature)
     step = property(lambda self: self._s.step, doc="steps this row has taken")
     nfe = property(lambda self: self._s.nfe, doc="forwards so far (incremented after each)")

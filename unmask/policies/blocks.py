@@ -111,9 +111,10 @@ class AdaptiveBlocks(BlockSchedule):
         c2 = float(torch.tensor(values[-2:], dtype=torch.float32).mean()) if values else 0.0
         if values and self.adaptive_len:
             length = self.min_len + int((self.max_len - self.min_len) * c2)
-            length = min(max(length, self.min_len), self.max_len)
         else:
             length = self.init_len
+        # clamped into [min_len, max_len] whatever chose it, the first block too (as the code)
+        length = min(max(length, self.min_len), self.max_len)
         length = min(length, ctx.gen_len - start)
         if values and self.adaptive_steps:
             c = min(max(c2, 0.0), 1.0)

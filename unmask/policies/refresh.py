@@ -276,7 +276,12 @@ class DCU(FeatureRefresh):
     cached contributions. budget=0 keeps the window alone (the ablation that shows a token stuck
     without it); window=0 keeps the budget alone.
     fresh_v (default, as the released code): V of every generated row is refreshed each step
-    (computed anyway), K and the attention/MLP contributions only for the chosen rows."""
+    (computed anyway), K and the attention/MLP contributions only for the chosen rows.
+    budget_layers: the layer count the total budget is computed over (none: the model's, the
+    paper's budget * n_layers). The released code hard-codes 32, LLaDA-8B's depth: from its
+    second planned step each layer gets int(budget * 32 * w_l), w_l = 1/n_layers under its
+    uniform weights, so budget_layers=32 reproduces it on any depth (on 32 layers it changes
+    nothing)."""
 
     name: ClassVar[str] = "dcu"
     bounds: ClassVar[dict[str, str]] = {
@@ -284,7 +289,9 @@ class DCU(FeatureRefresh):
         "window": ">= 0",
         "prompt_interval": ">= 1",
         "gen_interval": ">= 1",
+        "budget_layers": ">= 1",
     }
+    untuned: ClassVar[tuple[str, ...]] = ("budget_layers",)  # a reference's constant
     space: ClassVar[dict] = {
         "budget": Int(0, "gen_len"),
         "window": Int(0, "gen_len"),
@@ -303,6 +310,7 @@ class DCU(FeatureRefresh):
     prompt_interval: int | None = None
     gen_interval: int | None = None
     fresh_v: bool = True
+    budget_layers: int | None = None
     _ctx: object = field(default=None, init=False, repr=False)
     _last: DCUPlan | None = field(default=None, init=False, repr=False)  # the previous step's
     _s_prev: Tensor | None = field(default=None, init=False, repr=False)
@@ -331,19 +339,25 @@ class DCU(FeatureRefresh):
 
     def plan(self, ctx) -> DCUPlan:
         last = self._last
+        measured = False  # a previous step measured some layer's dynamism
         if last is not None:  # last step's per-layer dynamism, as its plan recorded it
             done = [s for s in last.dynamism if s is not None]
+            measured = bool(done)
             zero = torch.zeros((), device=done[0].device) if done else torch.zeros(())
             self._s_prev = torch.stack([zero if s is None else s for s in last.dynamism]).cpu()
         budget, window = self.sizes(ctx)
         span = window_span(window, ctx.gen_len)
         room = ctx.gen_len - span  # rows outside the window
-        if self.alloc == "uniform" or self._s_prev is None or float(self._s_prev.sum()) <= 0:
-            budgets = [min(budget, room)] * ctx.n_layers
+        n = ctx.n_layers
+        over = self.budget_layers or n  # the total is budget * over, spread over n layers
+        if not measured:  # nothing measured yet (the first cached step): the budget, each layer
+            budgets = [min(budget, room)] * n
+        elif self.alloc == "uniform" or float(self._s_prev.sum()) <= 0:
+            budgets = [min(budget * over // n, room)] * n
         elif self.layer0_full:  # layer 0 recomputes everything: the others share the total
-            budgets = [room] + water_fill(self._s_prev[1:], budget * (ctx.n_layers - 1), room)
+            budgets = [room] + water_fill(self._s_prev[1:], budget * over * (n - 1) // n, room)
         else:
-            budgets = water_fill(self._s_prev, budget * ctx.n_layers, room)
+            budgets = water_fill(self._s_prev, budget * over, room)
         t = ctx.nfe
         self._last = DCUPlan(
             self,

@@ -21,6 +21,19 @@ def row_rand(shape: tuple[int, ...], gens: list[torch.Generator], dtype=torch.fl
     return torch.stack([torch.rand(shape[1:], generator=g, dtype=dtype) for g in gens])
 
 
+PROBS = ("float64", "model")
+
+
+def confidence_probs(logits: Tensor, probs: str, ctx) -> Tensor:
+    """softmax of float32 logits [B, L, V] in float64 (LLaDA's reference), or in the model's
+    dtype (probs=model: dLLM-Cache's and Dynamic-dLLM's code, which in bfloat16 rounds
+    confidences near 1.0 together, so ties break by position). The logits are the model-dtype
+    values upcast, so casting back recovers them exactly."""
+    if probs not in PROBS:
+        raise ValueError(f"probs must be float64 or model, got {probs!r}")
+    return torch.softmax(logits.double() if probs == "float64" else logits.to(ctx.model_dtype), -1)
+
+
 def sample_candidates(logits: Tensor, temperature: float, gens: list[torch.Generator]) -> Tensor:
     """argmax at temperature 0, else Gumbel-max sampling (the LLaDA reference's noise, in
     log space: argmax(l/T + g) = argmax(exp(l) / (-log u)^T))."""
@@ -42,13 +55,21 @@ class Scorer(Policy):
 
 @dataclass
 class MaxProb(Scorer):
-    """Confidence = softmax probability of the candidate (LLaDA `low_confidence`)."""
+    """Confidence = softmax probability of the candidate (LLaDA `low_confidence`), in float64
+    (as the LLaDA reference) or, probs=model, in the model's dtype (see confidence_probs)."""
 
     name: ClassVar[str] = "maxprob"
+    untuned: ClassVar[tuple[str, ...]] = ("probs",)  # a reference's numerics, not a knob
+    probs: str = "float64"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.probs not in PROBS:
+            raise ValueError(f"probs must be float64 or model, got {self.probs!r}")
 
     def score(self, logits: Tensor, ctx) -> tuple[Tensor, Tensor]:
         cand = sample_candidates(logits, ctx.temperature, ctx.generators)  # [B, L]
-        probs = torch.softmax(logits.double(), dim=-1)  # float64, as the LLaDA reference
+        probs = confidence_probs(logits, self.probs, ctx)
         return cand, probs.gather(-1, cand[..., None]).squeeze(-1)
 
 

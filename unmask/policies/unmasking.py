@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from unmask.policies.base import Choice, Float, Policy
+from unmask.policies.scoring import PROBS, confidence_probs
 
 
 def top_k_mask(conf: Tensor, masked: Tensor, k: Tensor) -> Tensor:
@@ -133,7 +134,9 @@ class APD(UnmaskRule):
     the runner-up probability and H_i = 1 - cos(p_i, p_i at the previous step). A masked
     position of the block is revealed when its confidence >= tau_i (the top-1 always).
     scope=gen: every generated position's threshold moves at every step, future blocks too (the
-    released code's per-token mode, needs all positions' logits); scope=block: only the block's."""
+    released code's per-token mode, needs all positions' logits); scope=block: only the block's.
+    probs: the distributions p_i in float64 (default), or in the model's dtype (probs=model,
+    scoring.confidence_probs); the thresholds are kept in float64 either way."""
 
     name: ClassVar[str] = "apd"
     bounds: ClassVar[dict[str, str]] = {"tau": "[0, 1]", "alpha": ">= 0", "beta": ">= 0"}
@@ -143,10 +146,12 @@ class APD(UnmaskRule):
         "beta": Float(0.0, 0.02, step=0.0005),
         "scope": Choice(("gen", "block")),
     }
+    untuned: ClassVar[tuple[str, ...]] = ("probs",)
     tau: float = 0.9
     alpha: float = 0.001
     beta: float = 0.0008
     scope: str = "gen"
+    probs: str = "float64"
     _thr: Tensor | None = field(default=None, init=False, repr=False)
     _prev: Tensor | None = field(default=None, init=False, repr=False)
     _seen: Tensor | None = field(default=None, init=False, repr=False)
@@ -155,6 +160,8 @@ class APD(UnmaskRule):
         super().__post_init__()
         if self.scope not in ("gen", "block"):
             raise ValueError(f"scope must be gen or block, got {self.scope!r}")
+        if self.probs not in PROBS:
+            raise ValueError(f"probs must be float64 or model, got {self.probs!r}")
 
     @property
     def wants_gen_logits(self) -> bool:
@@ -173,7 +180,7 @@ class APD(UnmaskRule):
             logits, span = ctx.gen_logits, slice(0, ctx.gen_len)
         else:
             logits, span = ctx.logits, slice(lo, hi)
-        probs = torch.softmax(logits.double(), dim=-1)  # [B, S, V] float64, as the code
+        probs = confidence_probs(logits, self.probs, ctx)  # [B, S, V]
         if self._prev is None:
             B, G = self._thr.shape
             self._prev = torch.zeros(B, G, probs.shape[-1], dtype=probs.dtype, device=probs.device)
