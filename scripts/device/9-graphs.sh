@@ -1,6 +1,6 @@
 #!/bin/bash
 # Issue 15's CUDA-graph checks (prepared in session 8, not yet run: no device was lent). Run from
-# the repository root on the lent machine; writes under $OUT. About 7 minutes on one H200.
+# the repository root on the lent machine; writes under $OUT. About 8 minutes on one H200.
 # 1. tests/test_gpu.py: exactness on CUDA, and replayed steps (--cuda-graphs) decoding every preset
 #    as eager does on both tiny models in float32 and bfloat16.
 # 2. 8B LLaDA shapes (random weights, bf16, batch 1, gen_len 768: ~900-row canvases): per-step
@@ -17,4 +17,11 @@ for g in "" --cuda-graphs; do
     timeout 60 python3 scripts/time_split.py --model /tmp/llada-8b --device cuda --recipe $r \
       --n 2 --gen-len 768 $g 2>&1 | tail -6 | tee -a $OUT/step-cost-graphs.txt
   done
+done
+# 3. The shipped tiny models, whose steps are all launches: answer tokens/s with and without
+#    replay, side by side (bench runs the recipes of a sample interleaved).
+for g in "" --cuda-graphs; do
+  timeout 90 python3 -m unmask.cli bench --model tiny-llada --device cuda --n 50 \
+    --recipes vanilla,fast-dllm,cadllm,dkv-cache $g --json $OUT/bench-tiny${g:+-graphs}.json \
+    2>&1 | grep -v "sample/s" | tail -6 | tee -a $OUT/bench-tiny.txt
 done
