@@ -65,6 +65,7 @@ class Job:
     stop: list[str]
     denoise: bool
     loop: asyncio.AbstractEventLoop
+    stream: bool = True  # its client reads every step (a non-streaming one only the last)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     t0: float = field(default_factory=time.perf_counter)
     row: Row | None = None
@@ -176,7 +177,7 @@ class Scheduler:
                 self.stats["steps_total"] += 1
                 for row, job in list(self.jobs.items()):
                     ev = by_index.get(row.index)
-                    if ev is not None and not job.cancelled:
+                    if ev is not None and not job.cancelled and job.stream:
                         job.put({"event": ev, "row": row})
                     if row.finished and not job.cancelled:
                         self._finish(job)
@@ -359,11 +360,10 @@ def build_app(lm, model_name: str, default_recipe: str = "fast-dllm", limits: Li
                 f"prompt ({len(ids)} tokens) + max_tokens ({gen_len}) exceeds {max_len}",
                 param="max_tokens",
             )
-        job = Job(ids, recipe, gen_len, stop, bool(opts.get("denoise")), asyncio.get_running_loop())
-        meta = {
-            "include_usage": bool(opts.get("include_usage")),
-            "stream": bool(body.get("stream")),
-        }
+        stream = bool(body.get("stream"))
+        loop = asyncio.get_running_loop()
+        job = Job(ids, recipe, gen_len, stop, bool(opts.get("denoise")), loop, stream)
+        meta = {"include_usage": bool(opts.get("include_usage")), "stream": stream}
         return job, meta
 
     def usage(job: Job, tokens: int) -> dict:
