@@ -10,7 +10,10 @@ import pytest
 from unmask.policies.base import SpecError
 from unmask.recipe import PRESETS, Recipe, parse
 
-VANILLA = "blocks=fixed:len=none,steps=none+refresh=none+scorer=maxprob:probs=float64+unmask=quota+temperature=0+seed=0"
+VANILLA = (
+    "blocks=fixed:len=none,steps=none+refresh=none+scorer=maxprob:probs=float64+unmask=quota"
+    "+temperature=0+seed=0"
+)
 
 
 def test_vanilla_expands_to_every_hyperparameter():

@@ -124,22 +124,28 @@ def test_eos_exit_keeps_the_answer_text(model):
                 assert b.metrics.nfe < a.metrics.nfe, (model, spec, sample.prompt)
 
 
-def test_dkv_cached_steps_recompute_masked_and_last_revealed_only(ckpt_root):
+@pytest.mark.parametrize("full_steps", [2, 1])
+def test_dkv_cached_steps_recompute_masked_and_last_revealed_only(ckpt_root, full_steps):
+    """The first full_steps steps of a block (2: the LLaDA code; 1: the Dream code) and every
+    interval-th are full; the others recompute the masked rows and those revealed last step."""
     from conftest import make_checkpoint
 
     from unmask.models.load import load
 
     lm = load(make_checkpoint(ckpt_root, "llada")[0])
     G = 24
-    masked_left, prev = G, 0
-    for ev in stream_generate(
-        lm, PROMPT, parse("vanilla+refresh=dkv:interval=4"), gen_len=G, block_len=12
-    ):
+    masked_left, prev, full = G, 0, []
+    recipe = parse(f"vanilla+refresh=dkv:interval=4,full_steps={full_steps}")
+    for ev in stream_generate(lm, PROMPT, recipe, gen_len=G, block_len=12):
         i = ev.step_in_block
-        if i > 1 and i % 4:
+        is_full = ev.rows[0, 0].item() > G
+        full.append(is_full)
+        assert is_full == (i < full_steps or i % 4 == 0)
+        if not is_full:
             assert ev.rows[0].tolist() == [masked_left + prev] * lm.args.n_layers
         prev = int(ev.reveal.sum())
         masked_left -= prev
+    assert not all(full)
 
 
 def test_dream_dual_cache_recomputes_only_the_block(ckpt_root):

@@ -146,8 +146,9 @@ def scheduled_rows(ctx, prompt: bool, response: bool) -> Tensor | None:
 
 @dataclass
 class DKVCache(RefreshPolicy):
-    """dKV-Cache-Decode (Ma et al. 2025), delayed caching. Per block, steps 0 and 1 and every
-    `interval`-th step are full forwards; other steps recompute every still-masked position of
+    """dKV-Cache-Decode (Ma et al. 2025), delayed caching. Per block, the first `full_steps`
+    steps (2, as the authors' LLaDA code; their Dream code has 1) and every `interval`-th step
+    are full forwards; other steps recompute every still-masked position of
     the canvas plus the positions revealed at the previous step (cached from the next step on,
     once they carry their decoded identity); all other rows reuse K/V. For Dream the rule moves
     one row left (the authors' shift_type "un", the default): row p is recomputed while position
@@ -156,10 +157,12 @@ class DKVCache(RefreshPolicy):
     recomputes row p while p itself is not cached yet."""
 
     name: ClassVar[str] = "dkv"
-    bounds: ClassVar[dict[str, str]] = {"interval": ">= 1"}
+    bounds: ClassVar[dict[str, str]] = {"interval": ">= 1", "full_steps": ">= 1"}
     space: ClassVar[dict] = {"interval": Int(2, 16, log=True), "shift": Choice(("un", "un_right"))}
+    untuned: ClassVar[tuple[str, ...]] = ("full_steps",)  # a reference's constant
     interval: int = 8
     shift: str = "un"
+    full_steps: int = 2
     _ctx: object = field(default=None, init=False, repr=False)
     _prev: Tensor | None = field(default=None, init=False, repr=False)
 
@@ -179,7 +182,7 @@ class DKVCache(RefreshPolicy):
 
     def plan(self, ctx) -> FixedPlan:
         i = ctx.step_in_block
-        if i <= 1 or i % self.interval == 0 or self._prev is None:
+        if i < self.full_steps or i % self.interval == 0 or self._prev is None:
             return FixedPlan(all_rows(ctx))
         fresh = ctx.masked | self._prev  # not yet cached with its decoded identity
         if not ctx.logit_shift:
