@@ -6,26 +6,16 @@ itself is checked by scripts/device/9-graphs.sh on a GPU."""
 from __future__ import annotations
 
 import dataclasses
-from functools import cache
 
 import pytest
+from test_batch import PROMPTS as BATCH_PROMPTS
+from test_batch import model, outcome
 
 import unmask.engine
 from unmask.generate import generate
-from unmask.models.load import load
 from unmask.recipe import PRESETS, parse
-from unmask.tasks import get_task
 
-PROMPTS = [s.prompt for s in get_task("arith", shots=0).samples("test", 2)]
-
-
-@cache
-def model(name: str):
-    return load(name)
-
-
-def outcome(outputs) -> list[tuple[list[int], int, int, int]]:
-    return [(o.ids, o.metrics.nfe, o.metrics.rows, o.metrics.v_only_rows) for o in outputs]
+PROMPTS = BATCH_PROMPTS[:2]
 
 
 @pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
