@@ -131,3 +131,49 @@ def test_compiled_training_runs(tmp_path):
     cfg.compile = True
     train(cfg, log=lambda *_: None)
     assert torch.load(tmp_path / "train_state.pt", weights_only=False)["step"] == 3
+
+
+class _Recorder:
+    """Stands in for the model: keeps the noisy input, returns uniform logits."""
+
+    def __init__(self, args):
+        self.args, self.seen = args, None
+
+    def __call__(self, noisy):
+        self.seen = noisy
+        return torch.zeros(*noisy.shape, self.args.vocab_size)
+
+
+def test_semi_ar_masking_is_one_block_between_clean_and_masked(tmp_path):
+    cfg = tiny_cfg(tmp_path / "s", steps=1)
+    train(cfg, log=lambda *_: None)  # builds the tokenizer
+    tok = Tokenizer.from_dir(tmp_path / "s" / "tokenizer")
+    ids, is_answer = Batches(cfg, tok).get(3)
+    rec = _Recorder(new_model(cfg, tok).args)
+    mask, block, gen_len = rec.args.mask_id, 8, 32
+    # semi_ar 0 draws what the plain loss draws.
+    plain = diffusion_loss(rec, ids, is_answer, torch.Generator().manual_seed(1), 1e-3)
+    first = rec.seen
+    same = diffusion_loss(rec, ids, is_answer, torch.Generator().manual_seed(1), 1e-3, 0.0)
+    assert torch.equal(first, rec.seen) and torch.equal(plain, same)
+    loss = diffusion_loss(
+        rec, ids, is_answer, torch.Generator().manual_seed(1), 1e-3, 1.0, block, gen_len
+    )
+    assert torch.isfinite(loss)
+    starts = set()
+    for row, ans in zip(rec.seen, is_answer, strict=True):
+        a0 = int(ans.int().argmax())
+        masked = (row == mask)[a0:].tolist()
+        assert not (row == mask)[:a0].any()  # the prompt is never masked
+        first_masked = masked.index(True) if True in masked else len(masked)
+        b0 = first_masked - first_masked % block  # the block the first mask falls in
+        assert all(masked[b0 + block :])  # everything after the block is masked
+        assert not any(masked[:b0])  # the answer before it is clean
+        assert b0 < gen_len
+        starts.add(b0)
+    assert len(starts) > 1  # the block moves across examples
+    # Mixed tasks with different block lengths are refused.
+    mixed = tiny_cfg(tmp_path / "m", steps=1)
+    mixed.tasks, mixed.semi_ar = {"reverse": 0.5, "wordy": 0.5}, 0.5
+    with pytest.raises(ValueError, match="one block and answer length"):
+        Batches(mixed, tok)

@@ -630,6 +630,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch=args.batch,
         lr=args.lr,
+        warmup=args.warmup,
+        semi_ar=args.semi_ar,
         d_model=args.d_model,
         n_layers=args.n_layers,
         n_heads=args.n_heads,
@@ -1026,6 +1028,22 @@ def parser() -> argparse.ArgumentParser:
         help="warm start from a checkpoint of the same family and shape (a shipped name or a "
         "directory); the tokenizer is still built from --tasks, and the rows of tokens both "
         "vocabularies hold are carried over",
+    )
+    t.add_argument(
+        "--warmup",
+        type=_nonnegative,
+        default=300,
+        help="steps of linear learning-rate warm-up before the cosine decay (default: %(default)s)",
+    )
+    t.add_argument(
+        "--semi-ar",
+        type=_fraction,
+        default=0.0,
+        metavar="P",
+        help="share of examples masked as a semi-autoregressive decode sees them: one block "
+        "masked at random, the answer before it clean, all after it masked, only that block "
+        "scored (default: %(default)s: LLaDA's uniform masking only); fixed by an --out's "
+        "first run",
     )
     t.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     t.add_argument(

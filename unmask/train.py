@@ -53,6 +53,10 @@ class TrainConfig:
     workers: int = 0  # processes building batches ahead of the steps (a GPU outruns one core)
     snapshots: bool = False  # keep every save's checkpoint as OUT/snapshots/step-N
     eps: float = 1e-3  # smallest mask ratio, as in LLaDA
+    # Share of examples masked the way semi-autoregressive decoding sees an answer: one block of
+    # the task's block_len masked w.p. t, the answers before it clean, everything after it masked;
+    # only that block's masked positions are scored (0: LLaDA's uniform masking only).
+    semi_ar: float = 0.0
     init: str | None = None  # warm start from a checkpoint of the same family and shape
 
 
@@ -74,6 +78,13 @@ class Batches(torch.utils.data.Dataset):
         self.weights = [cfg.tasks[n] for n in self.names]
         self.eot = tok.token_to_id(END_OF_TURN[cfg.family])
         self.eos = tok.token_to_id("<|endoftext|>")
+        shapes = {(t.block_len, t.gen_len) for t in self.tasks.values()}
+        if cfg.semi_ar > 0 and len(shapes) > 1:
+            raise ValueError(
+                f"semi-AR masking needs one block and answer length across --tasks, got "
+                f"{', '.join(f'{n}: {t.block_len}/{t.gen_len}' for n, t in self.tasks.items())}"
+            )
+        self.blocks = min(shapes)  # (block_len, gen_len) that semi-AR masking uses
 
     def example(self, k: int, j: int) -> tuple[list[int], list[int]]:
         rng = random.Random(self.cfg.seed * 1_000_003 + k * 1009 + j)
@@ -115,9 +126,19 @@ class Batches(torch.utils.data.Dataset):
 
 
 def diffusion_loss(
-    model: Transformer, ids: torch.Tensor, is_answer: torch.Tensor, gen: torch.Generator, eps: float
+    model: Transformer,
+    ids: torch.Tensor,
+    is_answer: torch.Tensor,
+    gen: torch.Generator,
+    eps: float,
+    semi_ar: float = 0.0,
+    block: int = 32,
+    gen_len: int = 128,
 ) -> torch.Tensor:
-    """LLaDA SFT loss: t ~ U(eps, 1) per example, mask answer positions w.p. t, CE/t on masked."""
+    """LLaDA SFT loss: t ~ U(eps, 1) per example, mask answer positions w.p. t, CE/t on masked.
+    With `semi_ar` > 0, that share of the examples is masked as a semi-autoregressive decode sees
+    its answer instead (TrainConfig.semi_ar); their loss is the CE/t of the one block, averaged
+    over the block. semi_ar 0 draws exactly what it always did."""
     a = model.args
     B, T = ids.shape
     # Stratified t (one uniform offset, B evenly spaced strata, shuffled): the same marginal
@@ -126,6 +147,17 @@ def diffusion_loss(
     u = (torch.arange(B) + torch.rand(1, generator=gen)) / B
     t = (eps + (1 - eps) * u[torch.randperm(B, generator=gen)])[:, None]  # [B, 1]
     masked = (torch.rand(B, T, generator=gen) < t).to(ids.device) & is_answer  # [B, T]
+    scored, per = masked, is_answer.sum(1).clamp(min=1)
+    if semi_ar > 0:
+        pick = (torch.rand(B, generator=gen) < semi_ar).to(ids.device)[:, None]  # [B, 1]
+        start = is_answer.int().argmax(1, keepdim=True)  # [B, 1] the answer's first column
+        k = (torch.rand(B, generator=gen) * -(-gen_len // block)).long().to(ids.device)[:, None]
+        rel = torch.arange(T, device=ids.device)[None] - start - k * block  # 0 at block start
+        in_block = (rel >= 0) & (rel < block) & is_answer
+        after = (rel >= block) & is_answer
+        masked = torch.where(pick, (masked & in_block) | after, masked)
+        scored = torch.where(pick, masked & in_block, masked)
+        per = torch.where(pick[:, 0], in_block.sum(1).clamp(min=1), per)
     t = t.to(ids.device)
     noisy = torch.where(masked, torch.full_like(ids, a.mask_id), ids)
     logits = model(noisy)  # [B, T, V]
@@ -133,7 +165,7 @@ def diffusion_loss(
         # Dream: the output at p-1 predicts position p; the answer never starts at column 0.
         logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
     ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")  # [B, T]
-    per_example = (ce * masked / t).sum(1) / is_answer.sum(1).clamp(min=1)
+    per_example = (ce * scored / t).sum(1) / per
     return per_example.mean()
 
 
@@ -314,7 +346,7 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
-        loss = diffusion_loss(forward, ids, is_answer, gen, cfg.eps)
+        loss = diffusion_loss(forward, ids, is_answer, gen, cfg.eps, cfg.semi_ar, *data.blocks)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
