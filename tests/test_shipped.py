@@ -14,7 +14,14 @@ from unmask.tasks import get_task
 EXPECTED = {
     "tiny-llada": ("llada", "model.transformer.blocks.0.q_proj.weight"),
     "tiny-dream": ("Dream", "model.layers.0.self_attn.q_proj.weight"),
+    "small-llada": ("llada", "model.transformer.blocks.0.q_proj.weight"),
+    "small-dream": ("Dream", "model.layers.0.self_attn.q_proj.weight"),
 }
+# What each one was trained on, and how many of that task's first 10 test problems vanilla
+# decoding must solve (the ship bar is >= 90% / 85% over 500; one or two short of what it
+# scores here leaves room for float differences across machines).
+SOLVES = {"tiny-llada": ("arith", 8), "tiny-dream": ("arith", 8), "small-llada": ("wordy", 8)}
+SOLVES["small-dream"] = ("wordy", 7)
 
 
 def shipped(name: str):
@@ -39,12 +46,12 @@ def test_shipped_checkpoint_layout_and_size(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_shipped_checkpoint_solves_arith(name: str) -> None:
-    """Vanilla decoding by name answers held-out arith problems (>= 90% / 85% over 500 is
-    the ship bar; 8 of the first 10 here leaves room for float differences across machines)."""
+def test_shipped_checkpoint_solves_its_task(name: str) -> None:
+    """Vanilla decoding by name answers held-out problems of the task it was trained on."""
     shipped(name)
     lm = load(name)
-    task = get_task("arith")
+    task_name, bar = SOLVES[name]
+    task = get_task(task_name)
     samples = task.samples("test", 10)
     outs = generate(
         lm,
@@ -55,4 +62,4 @@ def test_shipped_checkpoint_solves_arith(name: str) -> None:
         stop=list(task.stop) or None,
     )
     assert all(lm.args.mask_id not in o.ids for o in outs)
-    assert sum(task.score(s, o.text) for s, o in zip(samples, outs, strict=True)) >= 8
+    assert sum(task.score(s, o.text) for s, o in zip(samples, outs, strict=True)) >= bar

@@ -59,7 +59,8 @@ examples:
 
 
 MODEL_HELP = (
-    "tiny-llada, tiny-dream or a checkpoint directory in the Hub layout (default: tiny-llada)"
+    "tiny-llada, tiny-dream, small-llada or a checkpoint directory in the Hub layout "
+    "(default: %(default)s)"
 )
 DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda if there is one, else cpu)"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -483,6 +484,7 @@ def run_bench(
             start=start,
             shard=shard,
             progress=group.main,
+            tally=lambda name: group.done(1, key=name),
         )
         gathered = group.gather(records)
         group.close()
@@ -611,11 +613,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print(
         f"unmask demo: {', '.join(DEMO_RECIPES)} side by side on {args.model}, "
-        f"{args.n} arith problems",
+        f"{args.n} {args.task} problems",
         file=sys.stderr,
     )
     result = run_bench(
-        args.model, get_task("arith"), list(DEMO_RECIPES), args.n, None, "demo.json", "demo.png"
+        args.model, get_task(args.task), list(DEMO_RECIPES), args.n, None, "demo.json", "demo.png"
     )
     print(json.dumps(result))
     return 130 if result["partial"] else 0
@@ -962,13 +964,19 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "demo",
-        help="the main job: one preset per method side by side on tiny-llada",
+        help="the main job: one preset per method side by side on small-llada",
         description="Bench one preset per method (vanilla, Fast-dLLM x3, dKV-Cache, dLLM-Cache, "
-        "Dynamic-dLLM, CadLLM) on arith problems; prints the table, writes demo.json and the "
+        "Dynamic-dLLM, CadLLM) on wordy problems; prints the table, writes demo.json and the "
         "accuracy/speed plot demo.png (plus per-recipe step plots beside it).",
     )
-    d.add_argument("--n", type=_positive, default=20)
-    d.add_argument("--model", default="tiny-llada", help=MODEL_HELP)
+    d.add_argument("--n", type=_positive, default=20, help="problems (default: %(default)s)")
+    d.add_argument("--model", default="small-llada", help=MODEL_HELP)
+    d.add_argument(
+        "--task",
+        choices=["wordy", "arith"],
+        default="wordy",
+        help="wordy for the small models, arith for the tiny ones (default: %(default)s)",
+    )
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser(

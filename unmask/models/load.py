@@ -20,7 +20,7 @@ from unmask.tokenizer import Tokenizer
 
 FAMILIES: dict[str, ModuleType] = {"llada": llada, "dream": dream}
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
-SHIPPED = ("tiny-llada", "tiny-dream")
+SHIPPED = ("tiny-llada", "tiny-dream", "small-llada")
 # End-of-turn tokens of the chat templates we know; looked up in the checkpoint's own vocabulary.
 END_OF_TURN = ("<|eot_id|>", "<|im_end|>")
 
@@ -46,7 +46,7 @@ class Loaded:
 
 
 def resolve(name_or_dir: str | Path) -> Path:
-    """A shipped model name (tiny-llada, tiny-dream) or a local checkpoint directory."""
+    """A shipped model name (SHIPPED) or a local checkpoint directory."""
     if str(name_or_dir) in SHIPPED:
         path = CHECKPOINTS / str(name_or_dir)
         if not (path / "config.json").is_file():
