@@ -75,6 +75,8 @@ def test_bench_under_two_ranks_gives_the_records_of_one_process(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["ranks"] == 2 and "summed decode times" in result["speed"]
     assert [r["recipe"] for r in result["runs"]] == ["vanilla", "fast-dllm"]
+    # Rank 0's bars count the whole run (5 samples), not its own shard of 3.
+    assert "/5 [" in out.stderr and "/3 [" not in out.stderr
 
 
 def test_lm_eval_adapter_follows_the_launchers_ranks(tmp_path):

@@ -179,6 +179,7 @@ def bench(
     start: int = 0,
     on_record: Callable[[Record], None] | None = None,
     shard: tuple[int, int] | None = None,
+    tally: Callable[[str], int] | None = None,
 ) -> tuple[list[dict], list[Record], bool]:
     """Every recipe on the same n test samples (from index `start`), in interleaved order so
     that machine noise hits all alike, after `warmup` untimed samples per recipe. Each record
@@ -186,7 +187,8 @@ def bench(
     the rows then summarise the samples every recipe finished, and the flag returned is True
     (partial). `shard` (rank, size): only samples i with i % size == rank, all recipes of a
     sample still interleaved on this rank (data-parallel runs gather the records and call
-    `summaries`)."""
+    `summaries`). `tally(recipe)`, called once per sample and recipe decoded here, returns how
+    many that recipe has finished on all ranks: the bars then show the whole run."""
     samples = task.samples("test", n, start=start)
     index = list(range(len(samples)))
     if shard is not None:
@@ -201,7 +203,7 @@ def bench(
     width = max(len(r.name) for r in recipes)
     bars = {
         r.name: tqdm(
-            total=len(index),
+            total=len(samples) if tally else len(index),
             desc=r.name.ljust(width),
             unit="sample",
             position=i,
@@ -217,8 +219,14 @@ def bench(
                 records[recipe.name] += new
                 for r in new if on_record else ():
                     on_record(r)
-                bars[recipe.name].set_postfix(acc=f"{accuracy(records[recipe.name]):.3f}")
-                bars[recipe.name].update(1)
+                bar = bars[recipe.name]
+                acc = f"{accuracy(records[recipe.name]):.3f}"
+                bar.set_postfix({"acc" if tally is None else "acc here": acc}, refresh=False)
+                if tally is None:
+                    bar.update(1)
+                else:
+                    bar.n = tally(recipe.name)
+                    bar.refresh()
             done = k + 1
     except KeyboardInterrupt:
         partial = True

@@ -37,9 +37,10 @@ class Group:
         dist.gather_object(obj, out, dst=0)
         return out
 
-    def done(self, k: int = 1) -> int:
-        """Count k more finished samples across ranks; returns the run's total so far."""
-        return dist.distributed_c10d._get_default_store().add("unmask/done", k)
+    def done(self, k: int = 1, key: str = "") -> int:
+        """Count k more finished samples across ranks (one count per `key`, e.g. a recipe);
+        returns the run's total so far."""
+        return dist.distributed_c10d._get_default_store().add(f"unmask/done/{key}", k)
 
     def close(self) -> None:
         """Every rank calls it at the same point: a barrier, then the group is torn down (a
