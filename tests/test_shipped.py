@@ -11,17 +11,15 @@ from unmask.models.load import CHECKPOINTS, load
 from unmask.recipe import parse
 from unmask.tasks import get_task
 
+# model_type, a tensor of the family's Hub layout, the task it was trained on, and how many of
+# that task's first 10 test problems vanilla decoding must solve (the ship bar is >= 90% / 85%
+# over 500; one or two short of what it scores here leaves room for float differences).
 EXPECTED = {
-    "tiny-llada": ("llada", "model.transformer.blocks.0.q_proj.weight"),
-    "tiny-dream": ("Dream", "model.layers.0.self_attn.q_proj.weight"),
-    "small-llada": ("llada", "model.transformer.blocks.0.q_proj.weight"),
-    "small-dream": ("Dream", "model.layers.0.self_attn.q_proj.weight"),
+    "tiny-llada": ("llada", "model.transformer.blocks.0.q_proj.weight", "arith", 8),
+    "tiny-dream": ("Dream", "model.layers.0.self_attn.q_proj.weight", "arith", 8),
+    "small-llada": ("llada", "model.transformer.blocks.0.q_proj.weight", "wordy", 8),
+    "small-dream": ("Dream", "model.layers.0.self_attn.q_proj.weight", "wordy", 7),
 }
-# What each one was trained on, and how many of that task's first 10 test problems vanilla
-# decoding must solve (the ship bar is >= 90% / 85% over 500; one or two short of what it
-# scores here leaves room for float differences across machines).
-SOLVES = {"tiny-llada": ("arith", 8), "tiny-dream": ("arith", 8), "small-llada": ("wordy", 8)}
-SOLVES["small-dream"] = ("wordy", 7)
 
 
 def shipped(name: str):
@@ -34,7 +32,7 @@ def shipped(name: str):
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_shipped_checkpoint_layout_and_size(name: str) -> None:
     path = shipped(name)
-    model_type, tensor = EXPECTED[name]
+    model_type, tensor, _, _ = EXPECTED[name]
     config = json.loads((path / "config.json").read_text())
     assert config["model_type"] == model_type
     from safetensors import safe_open
@@ -50,7 +48,7 @@ def test_shipped_checkpoint_solves_its_task(name: str) -> None:
     """Vanilla decoding by name answers held-out problems of the task it was trained on."""
     shipped(name)
     lm = load(name)
-    task_name, bar = SOLVES[name]
+    _, _, task_name, bar = EXPECTED[name]
     task = get_task(task_name)
     samples = task.samples("test", 10)
     outs = generate(
