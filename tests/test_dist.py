@@ -161,3 +161,30 @@ def test_lm_eval_under_torchrun_gives_one_process_s_samples(tmp_path):
     assert two.returncode == 0, two.stderr[-2000:]
     alone, ranked = samples(tmp_path / "one"), samples(tmp_path / "two")
     assert len(alone) == 8 and ranked == alone
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "cuda"], "this machine has no CUDA GPU"),
+        (["--ranks", "0"], "--ranks"),
+    ],
+)
+def test_bad_rank_setups_are_one_line_errors(argv, message):
+    import torch
+
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = subprocess.run(
+        [UNMASK, "eval", "--n", "2", "--ranks", "2", *argv],
+        capture_output=True, text=True, timeout=60, env=ENV,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_ranks_under_torchrun_is_refused():
+    out = torchrun(UNMASK, "eval", "--n", "2", "--ranks", "2")
+    assert out.returncode != 0
+    assert "error (rank 0 of 2): --ranks under torchrun" in out.stderr  # (torchrun's own
+    # report of a failed child is a traceback; ours is the one line)

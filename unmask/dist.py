@@ -71,6 +71,11 @@ def setup(device: str | None, ranks: int = 1) -> Group | None:
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if cuda:
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"--device {device}: this machine has no CUDA GPU (use --device cpu)")
+        if local >= count:
+            raise ValueError(f"local rank {local} needs GPU {local}; this machine has {count}")
         torch.cuda.set_device(local)
     dist.init_process_group(
         "nccl" if cuda else "gloo", rank=rank, world_size=size, timeout=timedelta(minutes=60)
