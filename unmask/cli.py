@@ -117,11 +117,6 @@ GRAPHS_HELP = (
     "graphs: the same tokens with one launch per step; needs a CUDA device (experimental: the "
     "replay bookkeeping is tested on CPU, the capture only on a GPU, see docs/gpu.md)"
 )
-RANKS_HELP = (
-    "data-parallel on this machine: fork N ranks, each decoding every N-th sample (one GPU "
-    "each on CUDA; cores/N threads each on CPU unless OMP_NUM_THREADS says); the records are "
-    "those of one process. For several machines use torchrun (default: 1)"
-)
 
 
 def _graphs(lm, on: bool):
@@ -309,7 +304,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CliError(f"{args.task}: no test samples from index {args.start}")
     from unmask.dist import rank_device, setup
 
-    group = setup(args.device, args.ranks)
+    group = setup(args.device)
     device = rank_device(group, args.device)
     lm = load(args.model, device=_device(device), dtype=_dtype(args.dtype))
     _graphs(lm, args.cuda_graphs)
@@ -449,7 +444,6 @@ def run_bench(
     start: int = 0,
     dtype: str | None = None,
     graphs: bool = False,
-    ranks: int = 1,
 ) -> dict:
     from unmask.bench import bench, machine, table, trace
     from unmask.models.load import load
@@ -469,7 +463,7 @@ def run_bench(
     check_plot(plot_path)
     from unmask.dist import rank_device, setup
 
-    group = setup(device, ranks)
+    group = setup(device)
     lm = load(model, device=_device(rank_device(group, device)), dtype=_dtype(dtype))
     _graphs(lm, graphs)
     for recipe in recipes:
@@ -594,7 +588,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         start=args.start,
         dtype=args.dtype,
         graphs=args.cuda_graphs,
-        ranks=args.ranks,
     )
     if not result:  # a data-parallel rank other than 0: rank 0 reports
         return 0
@@ -932,7 +925,6 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None, help=DEVICE_HELP)
     e.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
     e.add_argument("--cuda-graphs", action="store_true", help=GRAPHS_HELP)
-    e.add_argument("--ranks", type=_positive, default=1, metavar="N", help=RANKS_HELP)
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser(
@@ -968,7 +960,6 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None, help=DEVICE_HELP)
     b.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
     b.add_argument("--cuda-graphs", action="store_true", help=GRAPHS_HELP)
-    b.add_argument("--ranks", type=_positive, default=1, metavar="N", help=RANKS_HELP)
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser(
