@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,7 +152,8 @@ def test_cuda_ranks_without_a_gpu_are_one_line_errors():
         pytest.skip("this machine has a GPU")
     out = torchrun(UNMASK, "eval", "--n", "2", "--device", "cuda")
     assert out.returncode != 0
-    for rank in (0, 1):  # each rank's own line (torchrun's report of it is its own traceback)
-        line = f"error (rank {rank} of 2): --device cuda: this machine has no CUDA GPU"
-        assert line in out.stderr
+    # The first rank to fail prints its one line (torchrun may stop the other before it does;
+    # torchrun's own report of the failed child is a traceback of its own).
+    line = r"error \(rank [01] of 2\): --device cuda: this machine has no CUDA GPU"
+    assert re.search(line, out.stderr)
     assert "_cuda_setDevice" not in out.stderr
