@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,17 @@ pytestmark = pytest.mark.skipif(not (TORCHRUN and UNMASK), reason="torchrun/unma
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def torchrun(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    cmd = [TORCHRUN, "--nproc-per-node", "2", "--no-python", "--", *argv]
+    # A port of its own per run: a rank of the previous test that torchrun is still stopping
+    # may hold the default 29500 for a moment (seen once as a failure of the next test).
+    port = ["--master-port", str(free_port())]
+    cmd = [TORCHRUN, "--nproc-per-node", "2", *port, "--no-python", "--", *argv]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
 
 

@@ -304,9 +304,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CliError(f"{args.task}: no test samples from index {args.start}")
     from unmask.dist import rank_device, setup
 
-    group = setup(args.device)
-    device = rank_device(group, args.device)
-    lm = load(args.model, device=_device(device), dtype=_dtype(args.dtype))
+    device = rank_device(_device(args.device))
+    group = setup(device)
+    lm = load(args.model, device=device, dtype=_dtype(args.dtype))
     _graphs(lm, args.cuda_graphs)
     chat = not args.raw
     _fit(lm, task, recipe, args.n, chat, start=args.start)
@@ -463,8 +463,9 @@ def run_bench(
     check_plot(plot_path)
     from unmask.dist import rank_device, setup
 
+    device = rank_device(_device(device))
     group = setup(device)
-    lm = load(model, device=_device(rank_device(group, device)), dtype=_dtype(dtype))
+    lm = load(model, device=device, dtype=_dtype(dtype))
     _graphs(lm, graphs)
     for recipe in recipes:
         _fit(lm, task, recipe, n + warmup, chat, start=start)

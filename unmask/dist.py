@@ -50,31 +50,38 @@ class Group:
         dist.destroy_process_group()
 
 
-def setup(device: str | None) -> Group | None:
-    """The process group when launched by torchrun with more than one rank, else None. Picks
-    gloo on CPU and nccl on CUDA, with this rank's own GPU."""
+def launched() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when torchrun started this process with more than one
+    rank, else None."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return None
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    return int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def rank_device(device: str) -> str:
+    """One GPU per rank: a plain `cuda` becomes `cuda:LOCAL_RANK` under torchrun. `device` is
+    already checked and resolved (cli._device); this only maps the rank onto it."""
+    world = launched()
+    if world is None or device != "cuda":
+        return device
+    count = torch.cuda.device_count()
+    if world[2] >= count:
+        raise ValueError(f"local rank {world[2]} needs GPU {world[2]}; this machine has {count}")
+    return f"cuda:{world[2]}"
+
+
+def setup(device: str) -> Group | None:
+    """The process group when launched by torchrun with more than one rank, else None: gloo on
+    CPU, nccl on CUDA. `device` is this rank's own, from `rank_device`."""
+    world = launched()
+    if world is None:
+        return None
+    rank, size, local = world
+    cuda = device.startswith("cuda")
     if cuda:
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise ValueError(f"--device {device}: this machine has no CUDA GPU (use --device cpu)")
-        if local >= count:
-            raise ValueError(f"local rank {local} needs GPU {local}; this machine has {count}")
-        torch.cuda.set_device(local)
+        torch.cuda.set_device(device)
     dist.init_process_group(
         "nccl" if cuda else "gloo", rank=rank, world_size=size, timeout=timedelta(minutes=60)
     )
     return Group(rank, size, local)
-
-
-def rank_device(group: Group | None, device: str | None) -> str | None:
-    """One device per rank: cuda becomes cuda:LOCAL_RANK under torchrun."""
-    if group is None or device not in (None, "cuda"):
-        return device
-    if device is None and not torch.cuda.is_available():
-        return None
-    return f"cuda:{group.local_rank}"

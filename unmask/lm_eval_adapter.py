@@ -45,7 +45,7 @@ class UnmaskLM(LM):
         super().__init__()
         import torch
 
-        from unmask.dist import rank_device, setup
+        from unmask.dist import launched, rank_device, setup
 
         self.recipe = parse(str(recipe))
         if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
@@ -55,10 +55,11 @@ class UnmaskLM(LM):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         # lm-eval's data parallelism (`accelerate launch -m lm_eval ...` or torchrun): lm-eval
         # splits the requests by rank and gathers through the hooks below.
+        if launched() is not None:
+            device = rank_device(str(device).split(":")[0])
         self._group = setup(str(device))
         if self._group is not None:
             self._rank, self._world_size = self._group.rank, self._group.size
-            device = rank_device(self._group, str(device).split(":")[0])
         self._device = torch.device(device)
         self.lm = load(str(model), device=device)
         self._model_name = str(model)
