@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from unmask.tokenizer import Tokenizer
-from unmask.train import Batches, TrainConfig, diffusion_loss, new_model, train
+from unmask.train import Batches, TrainConfig, ar_loss, diffusion_loss, new_model, train
 
 
 def tiny_cfg(out, steps, family="llada"):
@@ -177,3 +177,34 @@ def test_semi_ar_masking_is_one_block_between_clean_and_masked(tmp_path):
     mixed.tasks, mixed.semi_ar = {"reverse": 0.5, "wordy": 0.5}, 0.5
     with pytest.raises(ValueError, match="one block and answer length"):
         Batches(mixed, tok)
+
+
+def test_ar_phase_is_causal_next_token_and_dream_only(tmp_path):
+    cfg = tiny_cfg(tmp_path / "ar", steps=30, family="dream")
+    cfg.objective = "ar"
+    tok_dir = tmp_path / "ar" / "tokenizer"
+    torch.manual_seed(0)
+    train(cfg, log=lambda *_: None)
+    tok = Tokenizer.from_dir(tok_dir)
+    model = new_model(cfg, tok)
+    model.load_state_dict(torch.load(tmp_path / "ar" / "train_state.pt")["model"])
+    ids, is_answer = Batches(cfg, tok).get(10_000)
+    T = ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()[None].expand(len(ids), -1, -1)
+    later = ids.clone()
+    later[:, T // 2 :] = tok.token_to_id("<|mask|>")
+    with torch.no_grad():
+        a, b = model(ids, key_mask=causal), model(later, key_mask=causal)
+        # Under the causal mask a position never sees what is right of it; without it, it does.
+        assert torch.equal(a[:, : T // 2], b[:, : T // 2])
+        assert not torch.allclose(model(ids)[:, : T // 2], model(later)[:, : T // 2])
+        # 30 steps of the AR phase already beat the untrained model's next-token loss.
+        fresh = new_model(cfg, tok)
+        assert float(ar_loss(model, ids, is_answer)) < float(ar_loss(fresh, ids, is_answer)) - 0.5
+    # LLaDA is not next-token, and an AR phase masks nothing: both refused in one line.
+    for bad in (tiny_cfg(tmp_path / "l", steps=1), tiny_cfg(tmp_path / "d", 1, "dream")):
+        bad.objective = "ar"
+        if bad.family == "dream":
+            bad.semi_ar = 0.5
+        with pytest.raises(ValueError, match="autoregressive phase is Dream's"):
+            train(bad, log=lambda *_: None)

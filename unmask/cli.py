@@ -635,6 +635,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         warmup=args.warmup,
         semi_ar=args.semi_ar,
+        objective=args.objective,
         d_model=args.d_model,
         n_layers=args.n_layers,
         n_heads=args.n_heads,
@@ -1053,6 +1054,14 @@ def parser() -> argparse.ArgumentParser:
         "masked at random, the answer before it clean, all after it masked, only that block "
         "scored (default: %(default)s: LLaDA's uniform masking only); fixed by an --out's "
         "first run",
+    )
+    t.add_argument(
+        "--objective",
+        choices=("diffusion", "ar"),
+        default="diffusion",
+        help="diffusion: the masked-diffusion loss (default); ar: next-token prediction under "
+        "a causal mask, for Dream only, as the autoregressive start Dream-7B was adapted from "
+        "(then continue with --init and the diffusion loss); fixed by an --out's first run",
     )
     t.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     t.add_argument(

@@ -58,6 +58,10 @@ class TrainConfig:
     # only that block's masked positions are scored (0: LLaDA's uniform masking only).
     semi_ar: float = 0.0
     init: str | None = None  # warm start from a checkpoint of the same family and shape
+    # "diffusion": the masked-diffusion loss above. "ar": next-token prediction under a causal
+    # mask, Dream only: Dream-7B starts from an autoregressive model (Qwen2.5-7B), and an AR
+    # phase followed by the diffusion loss is that recipe at this scale.
+    objective: str = "diffusion"
 
 
 def chat_ids(tok: Tokenizer, prompt: str) -> list[int]:
@@ -167,6 +171,18 @@ def diffusion_loss(
     ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")  # [B, T]
     per_example = (ce * scored / t).sum(1) / per
     return per_example.mean()
+
+
+def ar_loss(model: Transformer, ids: torch.Tensor, is_answer: torch.Tensor) -> torch.Tensor:
+    """Next-token loss of an autoregressive phase: a causal mask, nothing masked, the output at
+    p-1 predicting p (Dream's shift is already next-token), scored on the answer positions (its
+    EOS padding included, as the diffusion loss scores it), averaged per example."""
+    B, T = ids.shape
+    causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()[None].expand(B, -1, -1)
+    logits = model(ids, key_mask=causal)[:, :-1]  # [B, T-1, V]: position p-1 predicts p
+    ce = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # [B, T-1]
+    scored = is_answer[:, 1:]
+    return ((ce * scored).sum(1) / scored.sum(1).clamp(min=1)).mean()
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -287,6 +303,13 @@ def load_state(path: Path) -> tuple[dict, TrainConfig]:
 
 
 def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
+    if cfg.objective not in ("diffusion", "ar"):
+        raise ValueError(f"objective {cfg.objective!r}: use diffusion or ar")
+    if cfg.objective == "ar" and (cfg.family != "dream" or cfg.semi_ar > 0):
+        raise ValueError(
+            "an autoregressive phase is Dream's (its logits are already next-token) and "
+            "takes no --semi-ar"
+        )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -346,7 +369,10 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
-        loss = diffusion_loss(forward, ids, is_answer, gen, cfg.eps, cfg.semi_ar, *data.blocks)
+        if cfg.objective == "ar":
+            loss = ar_loss(forward, ids, is_answer)
+        else:
+            loss = diffusion_loss(forward, ids, is_answer, gen, cfg.eps, cfg.semi_ar, *data.blocks)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -158,7 +158,14 @@ class Layer(nn.Module):
     def attention(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
         """Rotated queries q [B, H, N, Dh] against K/V [B, Hkv, Tk, Dh]; returns [B, N, D]."""
         a = self.a
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, Tk]
+        # key_mask [B, Tk]: which keys every query sees; [B, N, Tk] (training's causal mask):
+        # which keys each query sees.
+        if key_mask is None:
+            mask = None
+        elif key_mask.dim() == 2:
+            mask = key_mask[:, None, None, :]  # [B, 1, 1, Tk]
+        else:
+            mask = key_mask[:, None]  # [B, 1, N, Tk]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, enable_gqa=a.n_kv_heads != a.n_heads
         )
