@@ -137,10 +137,10 @@ class _Recorder:
     """Stands in for the model: keeps the noisy input, returns uniform logits."""
 
     def __init__(self, args):
-        self.args, self.seen = args, None
+        self.args, self.seen, self.key_mask = args, None, None
 
-    def __call__(self, noisy):
-        self.seen = noisy
+    def __call__(self, noisy, key_mask=None):
+        self.seen, self.key_mask = noisy, key_mask
         return torch.zeros(*noisy.shape, self.args.vocab_size)
 
 
@@ -177,6 +177,50 @@ def test_semi_ar_masking_is_one_block_between_clean_and_masked(tmp_path):
     mixed.tasks, mixed.semi_ar = {"reverse": 0.5, "wordy": 0.5}, 0.5
     with pytest.raises(ValueError, match="one block and answer length"):
         Batches(mixed, tok)
+
+
+def test_semi_ar_blind_hides_the_block_from_every_other_position(tmp_path):
+    cfg = tiny_cfg(tmp_path / "b", steps=1, family="dream")
+    train(cfg, log=lambda *_: None)  # builds the tokenizer
+    tok = Tokenizer.from_dir(tmp_path / "b" / "tokenizer")
+    ids, is_answer = Batches(cfg, tok).get(3)
+    model = new_model(cfg, tok)
+    rec = _Recorder(model.args)
+    mask, block, gen_len = rec.args.mask_id, 8, 32
+
+    def run(semi_ar, *blind):
+        g = torch.Generator().manual_seed(1)
+        loss = diffusion_loss(rec, ids, is_answer, g, 1e-3, semi_ar, block, gen_len, *blind)
+        return loss, rec.seen, rec.key_mask
+
+    # blind 0 draws exactly what semi-AR masking alone draws, with no key mask.
+    loss0, seen0, km0 = run(0.5)
+    loss1, seen1, km1 = run(0.5, 0.0)
+    assert km0 is None and km1 is None and torch.equal(seen0, seen1) and torch.equal(loss0, loss1)
+    _, seen, km = run(1.0, 1.0)
+    T = ids.shape[1]
+    assert km.shape == (len(ids), T, T)
+    for b in range(len(ids)):
+        a0 = int(is_answer[b].int().argmax())
+        first = int((seen[b, a0:] == mask).int().argmax())
+        b0 = a0 + first - first % block
+        in_block = torch.zeros(T, dtype=torch.bool)
+        in_block[b0 : b0 + block] = is_answer[b, b0 : b0 + block]
+        # Queries in the block see every key; every other query sees every key but the block's.
+        assert km[b][in_block].all()
+        assert torch.equal(km[b][~in_block], ~in_block.expand(int((~in_block).sum()), T))
+    # So in the real model, what the block holds never reaches a position outside it.
+    other = seen.clone()
+    other[km.logical_not().any(1)] = tok.token_to_id("<|endoftext|>")  # rewrite every block
+    with torch.no_grad():
+        x, y = model(seen, key_mask=km), model(other, key_mask=km)
+        outside = km.all(-1)  # [B, T] queries that see everything are the block's own
+        assert torch.equal(x[~outside], y[~outside])
+        assert not torch.allclose(model(seen)[~outside], model(other)[~outside])
+    bad = tiny_cfg(tmp_path / "x", steps=1)
+    bad.semi_ar_blind = 0.5
+    with pytest.raises(ValueError, match="share .* of the --semi-ar examples"):
+        train(bad, log=lambda *_: None)
 
 
 def test_ar_phase_is_causal_next_token_and_dream_only(tmp_path):

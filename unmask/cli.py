@@ -635,6 +635,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         warmup=args.warmup,
         semi_ar=args.semi_ar,
+        semi_ar_blind=args.semi_ar_blind,
         objective=args.objective,
         d_model=args.d_model,
         n_layers=args.n_layers,
@@ -1053,6 +1054,16 @@ def parser() -> argparse.ArgumentParser:
         help="share of examples masked as a semi-autoregressive decode sees them: one block "
         "masked at random, the answer before it clean, all after it masked, only that block "
         "scored (default: %(default)s: LLaDA's uniform masking only); fixed by an --out's "
+        "first run",
+    )
+    t.add_argument(
+        "--semi-ar-blind",
+        type=_fraction,
+        default=0.0,
+        metavar="Q",
+        help="share of the --semi-ar examples in which the positions outside the masked block "
+        "cannot attend to it, so their keys and values never depend on the block, as a block "
+        "cache holds them while the block fills (default: %(default)s); fixed by an --out's "
         "first run",
     )
     t.add_argument(

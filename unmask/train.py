@@ -57,6 +57,12 @@ class TrainConfig:
     # the task's block_len masked w.p. t, the answers before it clean, everything after it masked;
     # only that block's masked positions are scored (0: LLaDA's uniform masking only).
     semi_ar: float = 0.0
+    # Share of those semi-AR examples in which the positions outside the block do not attend to
+    # it, so their keys and values never depend on what the block holds. A block cache (Fast-
+    # dLLM's prefix/dual cache, and every method built on one) keeps them so while the block
+    # fills; large dLLMs barely change them (Fast-dLLM measures adjacent steps' K/V as nearly
+    # equal), and a small model trained only bidirectionally leans on their freshness instead.
+    semi_ar_blind: float = 0.0
     init: str | None = None  # warm start from a checkpoint of the same family and shape
     # "diffusion": the masked-diffusion loss above. "ar": next-token prediction under a causal
     # mask, Dream only: Dream-7B starts from an autoregressive model (Qwen2.5-7B), and an AR
@@ -138,11 +144,14 @@ def diffusion_loss(
     semi_ar: float = 0.0,
     block: int = 32,
     gen_len: int = 128,
+    blind: float = 0.0,
 ) -> torch.Tensor:
     """LLaDA SFT loss: t ~ U(eps, 1) per example, mask answer positions w.p. t, CE/t on masked.
     With `semi_ar` > 0, that share of the examples is masked as a semi-autoregressive decode sees
     its answer instead (TrainConfig.semi_ar); their loss is the CE/t of the one block, averaged
-    over the block. semi_ar 0 draws exactly what it always did."""
+    over the block. semi_ar 0 draws exactly what it always did. `blind` is the share of the
+    semi-AR examples whose positions outside the block see no key inside it
+    (TrainConfig.semi_ar_blind); 0 draws exactly what it always did."""
     a = model.args
     B, T = ids.shape
     # Stratified t (one uniform offset, B evenly spaced strata, shuffled): the same marginal
@@ -152,6 +161,7 @@ def diffusion_loss(
     t = (eps + (1 - eps) * u[torch.randperm(B, generator=gen)])[:, None]  # [B, 1]
     masked = (torch.rand(B, T, generator=gen) < t).to(ids.device) & is_answer  # [B, T]
     scored, per = masked, is_answer.sum(1).clamp(min=1)
+    key_mask = None
     if semi_ar > 0:
         pick = (torch.rand(B, generator=gen) < semi_ar).to(ids.device)[:, None]  # [B, 1]
         start = is_answer.int().argmax(1, keepdim=True)  # [B, 1] the answer's first column
@@ -162,9 +172,13 @@ def diffusion_loss(
         masked = torch.where(pick, (masked & in_block) | after, masked)
         scored = torch.where(pick, masked & in_block, masked)
         per = torch.where(pick[:, 0], in_block.sum(1).clamp(min=1), per)
+        if blind > 0:
+            shut = pick & (torch.rand(B, generator=gen) < blind).to(ids.device)[:, None]  # [B, 1]
+            outside = shut & ~in_block  # [B, T] query rows that must not see the block
+            key_mask = ~(outside[:, :, None] & in_block[:, None, :])  # [B, T, T] keys seen
     t = t.to(ids.device)
     noisy = torch.where(masked, torch.full_like(ids, a.mask_id), ids)
-    logits = model(noisy)  # [B, T, V]
+    logits = model(noisy) if key_mask is None else model(noisy, key_mask=key_mask)  # [B, T, V]
     if a.logit_shift:
         # Dream: the output at p-1 predicts position p; the answer never starts at column 0.
         logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
@@ -305,6 +319,8 @@ def load_state(path: Path) -> tuple[dict, TrainConfig]:
 def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
     if cfg.objective not in ("diffusion", "ar"):
         raise ValueError(f"objective {cfg.objective!r}: use diffusion or ar")
+    if not 0 <= cfg.semi_ar_blind <= 1 or (cfg.semi_ar_blind > 0 and cfg.semi_ar == 0):
+        raise ValueError("--semi-ar-blind is a share (0-1) of the --semi-ar examples: pass both")
     if cfg.objective == "ar" and (cfg.family != "dream" or cfg.semi_ar > 0):
         raise ValueError(
             "an autoregressive phase is Dream's (its logits are already next-token) and "
@@ -372,7 +388,9 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
         if cfg.objective == "ar":
             loss = ar_loss(forward, ids, is_answer)
         else:
-            loss = diffusion_loss(forward, ids, is_answer, gen, cfg.eps, cfg.semi_ar, *data.blocks)
+            loss = diffusion_loss(
+                forward, ids, is_answer, gen, cfg.eps, cfg.semi_ar, *data.blocks, cfg.semi_ar_blind
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
