@@ -66,6 +66,12 @@ def test_generate_json_has_text_ids_and_metrics(tiny, capsys):
         (["train", "--device", "mps", "--out", "/nonexistent/x"], "unsupported device 'mps'"),
         (["train", "--semi-ar-blind", "0.5", "--out", "/nonexistent/x"], "pass both"),
         (["train", "--semi-ar", "0.5", "--semi-ar-blind", "2"], "must be in [0, 1]"),
+        (["train", "--semi-ar-stale", "0.5", "--out", "/nonexistent/x"], "pass both"),
+        (
+            ["train", "--semi-ar", "0.5", "--semi-ar-blind", "0.5", "--semi-ar-stale", "0.6"]
+            + ["--out", "/nonexistent/x"],
+            "sum must be <= 1",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny, argv, message, capsys):

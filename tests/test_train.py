@@ -223,6 +223,95 @@ def test_semi_ar_blind_hides_the_block_from_every_other_position(tmp_path):
         train(bad, log=lambda *_: None)
 
 
+class _Tap:
+    """Runs the real model and keeps what it was given."""
+
+    def __init__(self, model):
+        self.model, self.args, self.calls = model, model.args, []
+
+    def __call__(self, noisy, pos=None, key_mask=None):
+        self.calls.append((noisy, pos, key_mask))
+        return self.model(noisy, pos=pos, key_mask=key_mask)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_semi_ar_stale_outside_rows_see_the_block_as_it_began(tmp_path, family):
+    cfg = tiny_cfg(tmp_path / "s", steps=1, family=family)
+    train(cfg, log=lambda *_: None)  # builds the tokenizer
+    tok = Tokenizer.from_dir(tmp_path / "s" / "tokenizer")
+    ids, is_answer = Batches(cfg, tok).get(3)
+    torch.manual_seed(0)
+    model = new_model(cfg, tok).eval()
+    mask, block, gen_len, sh = model.args.mask_id, 8, 32, int(model.args.logit_shift)
+    B, T = ids.shape
+
+    def run(*shares):
+        tap = _Tap(model)
+        with torch.no_grad():
+            loss = diffusion_loss(
+                tap,
+                ids,
+                is_answer,
+                torch.Generator().manual_seed(1),
+                1e-3,
+                1.0,
+                block,
+                gen_len,
+                *shares,
+            )
+        return loss, tap.calls[0]
+
+    # stale 0 draws exactly what it drew before, in one plain forward.
+    l0, (x0, p0, k0) = run(0.0)
+    l1, (x1, p1, k1) = run(0.0, 0.0)
+    assert k0 is None and p0 is None and torch.equal(x0, x1) and torch.equal(l0, l1)
+    _, (x, pos, km) = run(0.0, 1.0)
+    L = block + sh
+    assert x.shape == (B, T + L) and km.shape == (B, T + L, T + L)
+    with torch.no_grad():
+        y = model(x, pos=pos, key_mask=km)
+    for b in range(B):
+        a0 = int(is_answer[b].int().argmax())
+        first = int((x[b, a0:T] == mask).int().argmax())
+        b0 = a0 + first - first % block
+        in_block = torch.zeros(T, dtype=torch.bool)
+        in_block[b0 : b0 + block] = is_answer[b, b0 : b0 + block]
+        fresh = in_block.clone()
+        fresh[b0 - sh] = True  # Dream: the output before the block predicts its first
+        n = int(fresh.sum())
+        # The copy stands at the fresh columns' positions: the block masked, Dream's extra
+        # column as it is.
+        assert torch.equal(pos[b, T : T + n], torch.arange(b0 - sh, b0 - sh + n))
+        assert torch.equal(x[b, T : T + n], torch.where(in_block, mask, x[b, :T])[fresh])
+        # Outside rows and the copy compute a plain forward of the block-start answer...
+        start = torch.where(in_block, mask, x[b, :T])[None]
+        with torch.no_grad():
+            ref = model(start)[0]
+        torch.testing.assert_close(y[b, :T][~fresh], ref[~fresh], rtol=0, atol=1e-5)
+        torch.testing.assert_close(y[b, T : T + n], ref[fresh], rtol=0, atol=1e-5)
+        # ...while the block reads the block as it is, never its copy.
+        assert km[b, :T][fresh][:, :T].all() and not km[b, :T][fresh][:, T:].any()
+    # Rewriting the block moves the block's rows and no outside one, nor the copy.
+    fresh_rows = km[:, :T, :T].all(-1) & ~km[:, :T, T:].any(-1)  # [B, T] see all real keys
+    block_cols = fresh_rows.clone()
+    if sh:
+        block_cols[:, 0], block_cols[:, 1:] = False, fresh_rows[:, 1:] & fresh_rows[:, :-1]
+    other = x.clone()
+    other[:, :T][block_cols] = tok.token_to_id("<|endoftext|>")
+    with torch.no_grad():
+        z = model(other, pos=pos, key_mask=km)
+    assert torch.equal(y[:, :T][~fresh_rows], z[:, :T][~fresh_rows])
+    assert torch.equal(y[:, T:], z[:, T:])
+    assert not torch.equal(y[:, :T][block_cols], z[:, :T][block_cols])
+    bad = tiny_cfg(tmp_path / "x", steps=1)
+    bad.semi_ar_stale = 0.5
+    with pytest.raises(ValueError, match="share .* of the --semi-ar examples"):
+        train(bad, log=lambda *_: None)
+    bad.semi_ar, bad.semi_ar_blind = 0.5, 0.6
+    with pytest.raises(ValueError, match="sum must be <= 1"):
+        train(bad, log=lambda *_: None)
+
+
 def test_ar_phase_is_causal_next_token_and_dream_only(tmp_path):
     cfg = tiny_cfg(tmp_path / "ar", steps=30, family="dream")
     cfg.objective = "ar"

@@ -636,6 +636,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         semi_ar=args.semi_ar,
         semi_ar_blind=args.semi_ar_blind,
+        semi_ar_stale=args.semi_ar_stale,
         objective=args.objective,
         d_model=args.d_model,
         n_layers=args.n_layers,
@@ -1064,6 +1065,17 @@ def parser() -> argparse.ArgumentParser:
         help="share of the --semi-ar examples in which the positions outside the masked block "
         "cannot attend to it, so their keys and values never depend on the block, as a block "
         "cache holds them while the block fills (default: %(default)s); fixed by an --out's "
+        "first run",
+    )
+    t.add_argument(
+        "--semi-ar-stale",
+        type=_fraction,
+        default=0.0,
+        metavar="Q",
+        help="share of the --semi-ar examples seen exactly as a dual cache sees them: positions "
+        "outside the block read it as it stood at its start, all masked, while the block reads "
+        "itself as it is (one masked copy of the block is appended to the forward); beside "
+        "--semi-ar-blind, the two sum to at most 1 (default: %(default)s); fixed by an --out's "
         "first run",
     )
     t.add_argument(

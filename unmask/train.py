@@ -63,6 +63,12 @@ class TrainConfig:
     # fills; large dLLMs barely change them (Fast-dLLM measures adjacent steps' K/V as nearly
     # equal), and a small model trained only bidirectionally leans on their freshness instead.
     semi_ar_blind: float = 0.0
+    # Share of the semi-AR examples seen exactly as a dual cache sees them: the positions outside
+    # the block read it as it stood when the block began (every position masked), through a
+    # masked copy of the block at the same positions, while the block's own positions (and, for
+    # Dream, the one before it, whose output predicts the block's first) read the block as it is.
+    # That is what Fast-dLLM's dual cache computes at every step after a block's first.
+    semi_ar_stale: float = 0.0
     init: str | None = None  # warm start from a checkpoint of the same family and shape
     # "diffusion": the masked-diffusion loss above. "ar": next-token prediction under a causal
     # mask, Dream only: Dream-7B starts from an autoregressive model (Qwen2.5-7B), and an AR
@@ -145,13 +151,17 @@ def diffusion_loss(
     block: int = 32,
     gen_len: int = 128,
     blind: float = 0.0,
+    stale: float = 0.0,
 ) -> torch.Tensor:
     """LLaDA SFT loss: t ~ U(eps, 1) per example, mask answer positions w.p. t, CE/t on masked.
     With `semi_ar` > 0, that share of the examples is masked as a semi-autoregressive decode sees
     its answer instead (TrainConfig.semi_ar); their loss is the CE/t of the one block, averaged
     over the block. semi_ar 0 draws exactly what it always did. `blind` is the share of the
     semi-AR examples whose positions outside the block see no key inside it
-    (TrainConfig.semi_ar_blind); 0 draws exactly what it always did."""
+    (TrainConfig.semi_ar_blind); 0 draws exactly what it always did. `stale` is the share, beside
+    those, whose outside positions see the block as it stood at its start (TrainConfig.
+    semi_ar_stale): the forward then runs over T + block (+1 for Dream) columns, the last a
+    masked copy of the block at the block's positions; 0 draws exactly what it always did."""
     a = model.args
     B, T = ids.shape
     # Stratified t (one uniform offset, B evenly spaced strata, shuffled): the same marginal
@@ -172,19 +182,63 @@ def diffusion_loss(
         masked = torch.where(pick, (masked & in_block) | after, masked)
         scored = torch.where(pick, masked & in_block, masked)
         per = torch.where(pick[:, 0], in_block.sum(1).clamp(min=1), per)
-        if blind > 0:
-            shut = pick & (torch.rand(B, generator=gen) < blind).to(ids.device)[:, None]  # [B, 1]
+        if blind > 0 or stale > 0:
+            u = torch.rand(B, generator=gen).to(ids.device)[:, None]  # [B, 1] which view
+            shut = pick & (u < blind)
             outside = shut & ~in_block  # [B, T] query rows that must not see the block
             key_mask = ~(outside[:, :, None] & in_block[:, None, :])  # [B, T, T] keys seen
+            if stale > 0:
+                late = pick & (u >= blind) & (u < blind + stale)  # [B, 1]
     t = t.to(ids.device)
     noisy = torch.where(masked, torch.full_like(ids, a.mask_id), ids)
-    logits = model(noisy) if key_mask is None else model(noisy, key_mask=key_mask)  # [B, T, V]
+    if stale > 0 and semi_ar > 0:
+        logits = _stale_forward(model, noisy, key_mask, late, start + k * block, in_block, block)
+    elif key_mask is None:
+        logits = model(noisy)  # [B, T, V]
+    else:
+        logits = model(noisy, key_mask=key_mask)
     if a.logit_shift:
         # Dream: the output at p-1 predicts position p; the answer never starts at column 0.
         logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
     ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")  # [B, T]
     per_example = (ce * scored / t).sum(1) / per
     return per_example.mean()
+
+
+def _stale_forward(
+    model: Transformer,
+    noisy: torch.Tensor,
+    key_mask: torch.Tensor,
+    late: torch.Tensor,
+    first: torch.Tensor,
+    in_block: torch.Tensor,
+    block: int,
+) -> torch.Tensor:
+    """Logits [B, T, V] of a forward in which the `late` rows' block is seen as a dual cache
+    sees it (TrainConfig.semi_ar_stale). F, the fresh columns, are the block's (and, for Dream,
+    the column before it). A copy C of F, masked where F is the block, is appended at F's
+    positions: rows outside F see the other columns and C, so they and C compute exactly a plain
+    forward of the answer with the block all masked; rows in F see every real column."""
+    B, T = noisy.shape
+    sh = 1 if model.args.logit_shift else 0
+    L = block + sh
+    j = torch.arange(L, device=noisy.device)[None]  # [1, L]
+    cols = first - sh + j  # [B, L] the real column each copy column stands for
+    safe = cols.clamp(0, T - 1)
+    valid = late & (cols >= 0) & (cols < T) & ((j < sh) | in_block.gather(1, safe))  # [B, L]
+    fresh = torch.zeros_like(in_block).scatter_(1, safe, valid) & late  # [B, T] F
+    copy = torch.where(j < sh, noisy.gather(1, safe), torch.full_like(safe, model.args.mask_id))
+    # [B, T+L, T+L]: real rows keep their mask (all keys, or the blind one) over real keys;
+    # late examples' rows outside F trade F's keys for C's; C sees the same; F sees real keys.
+    n = T + L
+    km = torch.zeros(B, n, n, dtype=torch.bool, device=noisy.device)
+    km[:, :T, :T] = key_mask
+    stale_keys = torch.cat([~fresh, valid], 1)  # [B, n] keys of the block-start forward
+    rows_stale = torch.cat([late & ~fresh, valid], 1)  # [B, n]
+    km = torch.where(rows_stale[:, :, None], stale_keys[:, None, :], km)
+    km[:, T:, T:] |= torch.eye(L, dtype=torch.bool, device=noisy.device)  # unused C: itself
+    pos = torch.cat([torch.arange(T, device=noisy.device).expand(B, T), safe], 1)
+    return model(torch.cat([noisy, copy], 1), pos=pos, key_mask=km)[:, :T]
 
 
 def ar_loss(model: Transformer, ids: torch.Tensor, is_answer: torch.Tensor) -> torch.Tensor:
@@ -321,6 +375,13 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
         raise ValueError(f"objective {cfg.objective!r}: use diffusion or ar")
     if not 0 <= cfg.semi_ar_blind <= 1 or (cfg.semi_ar_blind > 0 and cfg.semi_ar == 0):
         raise ValueError("--semi-ar-blind is a share (0-1) of the --semi-ar examples: pass both")
+    if not 0 <= cfg.semi_ar_stale <= 1 or (cfg.semi_ar_stale > 0 and cfg.semi_ar == 0):
+        raise ValueError("--semi-ar-stale is a share (0-1) of the --semi-ar examples: pass both")
+    if cfg.semi_ar_blind + cfg.semi_ar_stale > 1:
+        raise ValueError(
+            "--semi-ar-blind and --semi-ar-stale share the --semi-ar examples: "
+            f"their sum must be <= 1, got {cfg.semi_ar_blind + cfg.semi_ar_stale}"
+        )
     if cfg.objective == "ar" and (cfg.family != "dream" or cfg.semi_ar > 0):
         raise ValueError(
             "an autoregressive phase is Dream's (its logits are already next-token) and "
@@ -389,7 +450,15 @@ def train(cfg: TrainConfig, resume: bool = True, log=print) -> Path:
             loss = ar_loss(forward, ids, is_answer)
         else:
             loss = diffusion_loss(
-                forward, ids, is_answer, gen, cfg.eps, cfg.semi_ar, *data.blocks, cfg.semi_ar_blind
+                forward,
+                ids,
+                is_answer,
+                gen,
+                cfg.eps,
+                cfg.semi_ar,
+                *data.blocks,
+                cfg.semi_ar_blind,
+                cfg.semi_ar_stale,
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
