@@ -242,7 +242,7 @@ def test_semi_ar_stale_outside_rows_see_the_block_as_it_began(tmp_path, family):
     ids, is_answer = Batches(cfg, tok).get(3)
     torch.manual_seed(0)
     model = new_model(cfg, tok).eval()
-    mask, block, gen_len, sh = model.args.mask_id, 8, 32, int(model.args.logit_shift)
+    mask, block, gen_len = model.args.mask_id, 8, 32
     B, T = ids.shape
 
     def run(*shares):
@@ -266,8 +266,7 @@ def test_semi_ar_stale_outside_rows_see_the_block_as_it_began(tmp_path, family):
     l1, (x1, p1, k1) = run(0.0, 0.0)
     assert k0 is None and p0 is None and torch.equal(x0, x1) and torch.equal(l0, l1)
     _, (x, pos, km) = run(0.0, 1.0)
-    L = block + sh
-    assert x.shape == (B, T + L) and km.shape == (B, T + L, T + L)
+    assert x.shape == (B, T + block) and km.shape == (B, T + block, T + block)
     with torch.no_grad():
         y = model(x, pos=pos, key_mask=km)
     for b in range(B):
@@ -276,13 +275,11 @@ def test_semi_ar_stale_outside_rows_see_the_block_as_it_began(tmp_path, family):
         b0 = a0 + first - first % block
         in_block = torch.zeros(T, dtype=torch.bool)
         in_block[b0 : b0 + block] = is_answer[b, b0 : b0 + block]
-        fresh = in_block.clone()
-        fresh[b0 - sh] = True  # Dream: the output before the block predicts its first
+        fresh = in_block  # Dream too: the column before the block keeps its block-start K/V
         n = int(fresh.sum())
-        # The copy stands at the fresh columns' positions: the block masked, Dream's extra
-        # column as it is.
-        assert torch.equal(pos[b, T : T + n], torch.arange(b0 - sh, b0 - sh + n))
-        assert torch.equal(x[b, T : T + n], torch.where(in_block, mask, x[b, :T])[fresh])
+        # The copy stands at the block's positions, every one masked.
+        assert torch.equal(pos[b, T : T + n], torch.arange(b0, b0 + n))
+        assert (x[b, T : T + n] == mask).all()
         # Outside rows and the copy compute a plain forward of the block-start answer...
         start = torch.where(in_block, mask, x[b, :T])[None]
         with torch.no_grad():
@@ -293,9 +290,7 @@ def test_semi_ar_stale_outside_rows_see_the_block_as_it_began(tmp_path, family):
         assert km[b, :T][fresh][:, :T].all() and not km[b, :T][fresh][:, T:].any()
     # Rewriting the block moves the block's rows and no outside one, nor the copy.
     fresh_rows = km[:, :T, :T].all(-1) & ~km[:, :T, T:].any(-1)  # [B, T] see all real keys
-    block_cols = fresh_rows.clone()
-    if sh:
-        block_cols[:, 0], block_cols[:, 1:] = False, fresh_rows[:, 1:] & fresh_rows[:, :-1]
+    block_cols = fresh_rows
     other = x.clone()
     other[:, :T][block_cols] = tok.token_to_id("<|endoftext|>")
     with torch.no_grad():
@@ -310,6 +305,52 @@ def test_semi_ar_stale_outside_rows_see_the_block_as_it_began(tmp_path, family):
     bad.semi_ar, bad.semi_ar_blind = 0.5, 0.6
     with pytest.raises(ValueError, match="sum must be <= 1"):
         train(bad, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
+def test_semi_ar_stale_view_is_what_the_dual_cache_decodes(name):
+    """The stale view trains exactly the step the engine runs: every dual-cache step after a
+    block's first, under Fast-dLLM's rule (for Dream, the block's first position is revealed at
+    that first step), has the confidences of the training forward on the canvas it starts from."""
+    from unmask.generate import encode_prompts, stream_generate
+    from unmask.models.load import load
+    from unmask.recipe import parse
+    from unmask.tasks import get_task
+    from unmask.train import _stale_forward
+
+    lm = load(name)
+    a, task = lm.args, get_task("arith")
+    s = task.samples("test", 1)[0]
+    ids = encode_prompts(lm, [s.prompt], True)[0]
+    P, G = len(ids), task.gen_len
+    canvas = torch.tensor([ids + [a.mask_id] * G])
+    T, checked = canvas.shape[1], 0
+    recipe = parse("fast-dllm+unmask=threshold:tau=1.0")  # one position a step, mostly
+    for ev in stream_generate(lm, s.prompt, recipe, gen_len=G):  # blocks of 32
+        lo, hi = P + ev.block.start, P + ev.block.end
+        if ev.step_in_block > 0:
+            in_block = torch.zeros(1, T, dtype=torch.bool)
+            in_block[0, lo:hi] = True
+            one = torch.ones(1, 1, dtype=torch.bool)
+            with torch.no_grad():
+                lg = _stale_forward(
+                    lm.model,
+                    canvas,
+                    torch.ones(1, T, T, dtype=torch.bool),
+                    one,
+                    torch.tensor([[lo]]),
+                    in_block,
+                    hi - lo,
+                )[0]
+            if a.logit_shift:
+                lg = torch.cat([lg[:1], lg[:-1]])
+            lg[:, a.mask_id] = float("-inf")
+            conf = torch.softmax(lg[lo:hi].double(), -1).max(-1).values
+            m = ev.masked[0]
+            torch.testing.assert_close(conf[m], ev.conf[0][m].double(), rtol=0, atol=1e-4)
+            checked += int(m.sum())
+        canvas[0, lo:hi] = torch.where(ev.reveal[0], ev.cand[0], canvas[0, lo:hi])
+    assert checked > 0
 
 
 def test_ar_phase_is_causal_next_token_and_dream_only(tmp_path):

@@ -65,9 +65,10 @@ class TrainConfig:
     semi_ar_blind: float = 0.0
     # Share of the semi-AR examples seen exactly as a dual cache sees them: the positions outside
     # the block read it as it stood when the block began (every position masked), through a
-    # masked copy of the block at the same positions, while the block's own positions (and, for
-    # Dream, the one before it, whose output predicts the block's first) read the block as it is.
-    # That is what Fast-dLLM's dual cache computes at every step after a block's first.
+    # masked copy of the block at the same positions, while the block's own positions read the
+    # block as it is. That is what Fast-dLLM's dual cache computes at every step after a block's
+    # first (for Dream too: its loop reveals the block's first position at that first step, so
+    # the column before the block, whose output predicts it, keeps its block-start K/V).
     semi_ar_stale: float = 0.0
     init: str | None = None  # warm start from a checkpoint of the same family and shape
     # "diffusion": the masked-diffusion loss above. "ar": next-token prediction under a causal
@@ -160,7 +161,7 @@ def diffusion_loss(
     semi-AR examples whose positions outside the block see no key inside it
     (TrainConfig.semi_ar_blind); 0 draws exactly what it always did. `stale` is the share, beside
     those, whose outside positions see the block as it stood at its start (TrainConfig.
-    semi_ar_stale): the forward then runs over T + block (+1 for Dream) columns, the last a
+    semi_ar_stale): the forward then runs over T + block columns, the last a
     masked copy of the block at the block's positions; 0 draws exactly what it always did."""
     a = model.args
     B, T = ids.shape
@@ -215,28 +216,28 @@ def _stale_forward(
     block: int,
 ) -> torch.Tensor:
     """Logits [B, T, V] of a forward in which the `late` rows' block is seen as a dual cache
-    sees it (TrainConfig.semi_ar_stale). F, the fresh columns, are the block's (and, for Dream,
-    the column before it). A copy C of F, masked where F is the block, is appended at F's
-    positions: rows outside F see the other columns and C, so they and C compute exactly a plain
-    forward of the answer with the block all masked; rows in F see every real column."""
+    sees it (TrainConfig.semi_ar_stale). F, the fresh columns, are the block's. A copy C of the
+    block, every position masked, is appended at the block's positions: rows outside F see the
+    other columns and C, so they and C compute exactly a plain forward of the answer with the
+    block all masked; rows in F see every real column. For Dream the column before the block is
+    an outside row too: Fast-dLLM's Dream loop reveals the block's first position at the block's
+    full first step, so that column, whose output predicts it, is never recomputed after it."""
     B, T = noisy.shape
-    sh = 1 if model.args.logit_shift else 0
-    L = block + sh
-    j = torch.arange(L, device=noisy.device)[None]  # [1, L]
-    cols = first - sh + j  # [B, L] the real column each copy column stands for
+    j = torch.arange(block, device=noisy.device)[None]  # [1, block]
+    cols = first + j  # [B, block] the real column each copy column stands for
     safe = cols.clamp(0, T - 1)
-    valid = late & (cols >= 0) & (cols < T) & ((j < sh) | in_block.gather(1, safe))  # [B, L]
+    valid = late & (cols < T) & in_block.gather(1, safe)  # [B, block]
     fresh = torch.zeros_like(in_block).scatter_(1, safe, valid) & late  # [B, T] F
-    copy = torch.where(j < sh, noisy.gather(1, safe), torch.full_like(safe, model.args.mask_id))
-    # [B, T+L, T+L]: real rows keep their mask (all keys, or the blind one) over real keys;
+    copy = torch.full_like(safe, model.args.mask_id)
+    # [B, T+block, T+block]: real rows keep their mask (all keys, or the blind one) over real keys;
     # late examples' rows outside F trade F's keys for C's; C sees the same; F sees real keys.
-    n = T + L
+    n = T + block
     km = torch.zeros(B, n, n, dtype=torch.bool, device=noisy.device)
     km[:, :T, :T] = key_mask
     stale_keys = torch.cat([~fresh, valid], 1)  # [B, n] keys of the block-start forward
     rows_stale = torch.cat([late & ~fresh, valid], 1)  # [B, n]
     km = torch.where(rows_stale[:, :, None], stale_keys[:, None, :], km)
-    km[:, T:, T:] |= torch.eye(L, dtype=torch.bool, device=noisy.device)  # unused C: itself
+    km[:, T:, T:] |= torch.eye(block, dtype=torch.bool, device=noisy.device)  # unused C: itself
     pos = torch.cat([torch.arange(T, device=noisy.device).expand(B, T), safe], 1)
     return model(torch.cat([noisy, copy], 1), pos=pos, key_mask=km)[:, :T]
 
