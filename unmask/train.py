@@ -227,7 +227,7 @@ def _stale_forward(
     cols = first + j  # [B, block] the real column each copy column stands for
     safe = cols.clamp(0, T - 1)
     valid = late & (cols < T) & in_block.gather(1, safe)  # [B, block]
-    fresh = torch.zeros_like(in_block).scatter_(1, safe, valid) & late  # [B, T] F
+    fresh = in_block & late  # [B, T] F
     copy = torch.full_like(safe, model.args.mask_id)
     # [B, T+block, T+block]: real rows keep their mask (all keys, or the blind one) over real keys;
     # late examples' rows outside F trade F's keys for C's; C sees the same; F sees real keys.
