@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from unmask.models.load import family_of, load
+from unmask.models.load import CheckpointError, family_of, load, resolve
 
 OURS_ZERO = ("o_proj.weight", "down_proj.weight")  # a layer's writes into the residual stream
 LAYER = re.compile(r"^(.*layers\.|.*blocks\.)(\d+)\.(.*)$")
@@ -83,12 +83,20 @@ def grow(src: Path, out: Path, every: int, seed: int) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="a Hub-layout checkpoint directory (one safetensors file)")
+    p.add_argument(
+        "checkpoint",
+        help="a shipped model name or a Hub-layout checkpoint directory (one safetensors file)",
+    )
     p.add_argument("--out", required=True, help="a new directory")
     p.add_argument("--every", type=int, default=1, help="insert a layer after every N (default 1)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    src, out = Path(a.checkpoint), Path(a.out)
+    try:
+        src = resolve(a.checkpoint)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(a.out)
     if out.exists() and any(out.iterdir()):
         print(f"error: --out {out} is not empty", file=sys.stderr)
         return 2
